@@ -1,0 +1,25 @@
+"""The demo: a small simulated training run, logged offline (what `make demo` runs)."""
+
+import math
+import random
+
+import runstream
+
+EPOCHS, STEPS_PER_EPOCH = 5, 20_000
+
+with runstream.init(
+    project="demo",
+    config={"lr": 1e-3, "arch": "cnn", "epochs": EPOCHS, "batch_size": 128},
+    tags=["baseline"],
+    mode="offline",
+) as run:
+    best = 0.0
+    for epoch in range(EPOCHS):
+        for i in range(STEPS_PER_EPOCH):
+            t = epoch * STEPS_PER_EPOCH + i
+            loss = 2.0 * math.exp(-t / 30_000) + random.random() * 0.05
+            run.log({"train": {"loss": loss, "lr": run.config.lr}, "epoch": epoch})
+        acc = 1 - math.exp(-(epoch + 1) / 2) + random.random() * 0.01
+        best = max(best, acc)
+        run.log({"val": {"acc": acc}}, commit=False)
+    run.summary["best_acc"] = best

@@ -1,0 +1,84 @@
+"""Crash-safe file-system idioms on top of ``fileio.FileSystem``.
+
+Both exist because POSIX durability has two halves: fsync of a file makes its bytes durable,
+but the file's *name* lives in its directory, which needs its own fsync.  Skip that and a power
+cut can leave a perfectly synced file without a name (see docs/journal-format.md, "Durability").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from .fileio import FileSystem
+
+__all__ = ["atomic_replace", "make_dir_durable", "write_all"]
+
+
+def write_all(fs: FileSystem, fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data``, continuing after short writes; OSError if the disk stops taking it."""
+    view = memoryview(data)
+    while view:
+        n = fs.write(fd, view)
+        if n <= 0:  # a write that takes nothing would loop forever; a full disk is what it means
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+def atomic_replace(fs: FileSystem, path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that after a crash it holds either the old content or the
+    new, never a mix: write a temp file, fsync it, rename it over ``path``, fsync the directory.
+
+    One writer per ``path``: the temp file is ``path + ".tmp"``, and one left behind by an
+    interrupted earlier call is removed first.  Raises OSError; on error ``path`` is untouched.
+    """
+    tmp = path + ".tmp"
+    try:
+        fd = fs.create_excl(tmp)
+    except FileExistsError:
+        fs.remove(tmp)
+        fd = fs.create_excl(tmp)
+    try:
+        try:
+            write_all(fs, fd, data)
+            fs.fsync(fd)  # before the rename: the new name must never point at unsynced bytes
+        finally:
+            fs.close(fd)
+        fs.rename(tmp, path)
+    except BaseException:
+        try:
+            fs.remove(tmp)
+        except OSError:
+            pass
+        raise
+    fs.fsync_dir(_parent(path))  # the rename itself is durable only now
+
+
+def make_dir_durable(fs: FileSystem, path: str) -> bool:
+    """``mkdir -p path``, fsyncing the parent of every directory it creates so that the new
+    entries survive a power cut.  Returns whether ``path`` was created.
+
+    A directory that already exists is left alone, even though a process killed between its
+    mkdir and the parent's fsync may have left its entry unsynced: callers that must be sure
+    fsync its parent themselves (``JournalWriter.open`` does).
+    """
+    path = os.path.normpath(path)
+    parent = _parent(path)
+    try:
+        fs.mkdir(path)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        if parent == path:  # the root (or a relative path's ".") cannot be missing; let it raise
+            raise
+        make_dir_durable(fs, parent)
+        try:
+            fs.mkdir(path)
+        except FileExistsError:  # created by someone else in between: theirs to make durable
+            return False
+    fs.fsync_dir(parent)
+    return True
+
+
+def _parent(path: str) -> str:
+    return os.path.dirname(os.path.normpath(path)) or "."

@@ -1,0 +1,312 @@
+"""The sidecar: the process that moves a run's records from the ring to the journal.
+
+Started by ``runstream.init`` as ``python -m runstream_ingest.sidecar`` in its own session (so a
+Ctrl-C in the terminal does not kill it before it drains).  One pass of its loop is the pipeline
+in order::
+
+    RingReader.poll ─► Batcher.add ─► (due) Compressor ─► JournalWriter.append ─► RingReader.release
+                                                             └─ group commit: sync() every ~1 s
+
+Invariants
+* Ring space is released only for records the journal writer has taken (written, or held in its
+  memory while the disk fails), so a ``kill -9`` of the sidecar loses nothing: its successor
+  re-reads the unreleased records and skips those the journal already has (by seq).
+* The sidecar never stops the training process: if it dies, ``log`` keeps filling the ring and
+  the SDK starts another sidecar.
+* It exits when its producer has closed the ring (``finish``) or died, and the ring is empty.
+  A producer that died is recorded as a crashed run.
+
+Concurrency contract: a ``Sidecar`` runs on one asyncio event loop (uvloop when available); the
+only other thread is the executor running ``JournalWriter.sync``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runstream import records as rec
+from runstream.reader import RunState, json_safe
+from runstream.ring import (
+    W_CLOSED,
+    W_DROPPED,
+    W_DROPPED_BYTES,
+    W_HEAD,
+    W_JOURNAL_ERRORS,
+    W_JOURNALED,
+    W_JOURNALED_SEQ,
+    W_OVERFLOW_PEAK,
+    W_SIDECAR_LOST,
+    W_SIDECAR_PID,
+    W_SKIPPED_BYTES,
+    W_STEP_REGRESSIONS,
+    W_SYNCED_SEQ,
+    RingMap,
+)
+
+from .batcher import Batcher, Compressor
+from .journal import CODEC_ZSTD, TYPE_BATCH, JournalWriter, encode_frame
+from .ring_reader import RingReader
+
+log = logging.getLogger("runstream.sidecar")
+
+IDLE_SLEEP_MIN = 0.001
+IDLE_SLEEP_MAX = 0.02  # bounds how long a record waits in the ring when logging is sparse
+LIVENESS_EVERY = 0.2  # the producer's death is noticed within this
+FINAL_WRITE_TIMEOUT = 30.0  # at exit, how long to keep retrying a failing disk
+
+
+class Sidecar:
+    def __init__(self, ring: RingMap, run_dir: Path, opts: argparse.Namespace) -> None:
+        self.ring = ring
+        self.words = ring.words
+        self.run_dir = run_dir
+        self.opts = opts
+        self.journal = JournalWriter(run_dir / "journal", fsync=opts.fsync, memory_limit=opts.memory)
+        self.journal.open()
+        self.reader = RingReader(ring, after_seq=self.journal.last_seq)
+        self.batcher = Batcher(opts.batch_bytes, opts.batch_age)
+        self.compressor = Compressor(opts.zstd_level)
+        self.config: dict[str, Any] = {}
+        self.exit_seen = False
+        self.journaled = 0
+        self._sync_task: asyncio.Future[Any] | None = None
+        self._last_sync = time.monotonic()
+        self._producer_ppid = opts.producer_pid
+
+    # --- stage 3: batch -> frame -> journal ----------------------------------------------------
+    def cut(self) -> None:
+        batch = self.batcher.cut()
+        if batch is None:
+            return
+        payload = self.compressor.compress(batch.data)
+        frame = encode_frame(TYPE_BATCH, CODEC_ZSTD, batch.first_seq, batch.last_seq, payload)
+        self.journal.append(frame, batch.first_seq, batch.last_seq)
+        self.reader.release()  # the journal has it now (on disk, or in its memory while disk fails)
+        self.journaled += batch.count
+        w = self.words
+        w[W_JOURNALED] = self.journaled
+        w[W_JOURNALED_SEQ] = self.journal.written_seq
+        w[W_JOURNAL_ERRORS] = self.journal.errors
+
+    def handle_control(self, records: list[rec.Record]) -> None:
+        for r in records:
+            if r.kind == rec.KIND_CONFIG:
+                self.config.update(r.value())
+                self.write_config()
+            elif r.kind == rec.KIND_EXIT:
+                self.exit_seen = True
+
+    def write_config(self) -> None:
+        from runstream.rundir import write_text_atomic
+
+        try:
+            text = yaml.safe_dump(json_safe(self.config), sort_keys=False, allow_unicode=True)
+            write_text_atomic(self.run_dir / "files" / "config.yaml", text)
+        except OSError as e:  # a full disk must not stop the journal
+            log.warning("could not write config.yaml: %s", e)
+
+    # --- the loop --------------------------------------------------------------------------------
+    def drain_once(self) -> int:
+        """One pass over the ring; returns how many records were read."""
+        if self.journal.over_limit:
+            self.journal.retry()
+            return 0
+        n = 0
+        for span in self.reader.poll(max(self.batcher.room(), 64 * 1024)):
+            self.batcher.add(span)
+            n += span.count
+            if span.control:
+                self.handle_control(span.control)
+            if self.batcher.size >= self.batcher.max_bytes:
+                self.cut()
+        if self.batcher.due():
+            self.cut()
+        return n
+
+    def producer_alive(self) -> bool:
+        if self._producer_ppid and os.getppid() != self._producer_ppid:
+            return False
+        pid = self.ring.producer_pid
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    async def maybe_sync(self, loop: asyncio.AbstractEventLoop, force: bool = False) -> None:
+        if self._sync_task is not None:
+            if not self._sync_task.done():
+                if not force:
+                    return
+                await self._sync_task
+            self._sync_task = None
+            self.words[W_SYNCED_SEQ] = self.journal.synced_seq
+        if self.opts.fsync != "group":
+            return
+        now = time.monotonic()
+        if force:
+            await loop.run_in_executor(None, self.journal.sync)
+            self.words[W_SYNCED_SEQ] = self.journal.synced_seq
+        elif now - self._last_sync >= self.opts.fsync_interval and self.journal.written_seq > self.journal.synced_seq:
+            self._last_sync = now
+            self._sync_task = loop.run_in_executor(None, self.journal.sync)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.words[W_SIDECAR_PID] = os.getpid()
+        sleep = IDLE_SLEEP_MIN
+        next_check = 0.0
+        producer_gone = False
+        while True:
+            n = self.drain_once()
+            await self.maybe_sync(loop)
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + LIVENESS_EVERY
+                closed = bool(self.words[W_CLOSED])
+                producer_gone = closed or not self.producer_alive()
+                if self.journal.pending_bytes:
+                    self.journal.retry()
+            if producer_gone and n == 0 and self.reader.pending <= 0:
+                n = self.drain_once()  # a last look: records published just before the close
+                if n == 0 and self.reader.pending <= 0:
+                    break
+            if n:
+                sleep = IDLE_SLEEP_MIN
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(sleep)
+                sleep = min(sleep * 2, IDLE_SLEEP_MAX)
+        return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]))
+
+    async def shutdown(self, loop: asyncio.AbstractEventLoop, crashed: bool) -> int:
+        self.cut()
+        self.append_own_records(crashed)
+        deadline = time.monotonic() + FINAL_WRITE_TIMEOUT
+        while self.journal.pending_bytes and time.monotonic() < deadline:
+            self.journal.retry()
+            if self.journal.pending_bytes:
+                await asyncio.sleep(0.2)
+        await self.maybe_sync(loop, force=True)
+        self.journal.close()
+        lost = self.journal.lost_records if hasattr(self.journal, "lost_records") else 0
+        self.words[W_SIDECAR_LOST] = lost
+        self.words[W_JOURNALED_SEQ] = self.journal.written_seq
+        self.words[W_SYNCED_SEQ] = self.journal.synced_seq
+        if lost:
+            log.error("the disk never came back: %d records held in memory were lost", lost)
+        self.write_summary()
+        return 0
+
+    def append_own_records(self, crashed: bool) -> None:
+        """The loss counters (and, for a dead producer, its exit) go into the journal as records
+        of their own, seq'd after the producer's last one: the producer will write no more."""
+        w = self.words
+        stats = {
+            "dropped_records": int(w[W_DROPPED]),
+            "dropped_bytes": int(w[W_DROPPED_BYTES]),
+            "overflow_peak_bytes": int(w[W_OVERFLOW_PEAK]),
+            "step_regressions": int(w[W_STEP_REGRESSIONS]),
+            "ring_skipped_bytes": int(w[W_SKIPPED_BYTES]),
+        }
+        seq = max(self.journal.last_seq, self.reader.expected - 1 if self.reader.expected else 0) + 1
+        now = time.time()
+        out = [rec.encode(seq, rec.KIND_STATS, 0, now, rec.pack_body(stats), rec.FLAG_SIDECAR)]
+        if crashed and not self.exit_seen:
+            seq += 1
+            body = rec.pack_body({"exit_code": None, "state": "crashed"})
+            out.append(rec.encode(seq, rec.KIND_EXIT, 0, now, body, rec.FLAG_SIDECAR))
+        data = b"".join(out)
+        payload = self.compressor.compress(data)
+        first = seq - len(out) + 1
+        self.journal.append(encode_frame(TYPE_BATCH, CODEC_ZSTD, first, seq, payload), first, seq)
+
+    def write_summary(self) -> None:
+        from runstream.reader import replay
+        from runstream.rundir import write_json_atomic
+
+        try:
+            state: RunState
+            state, _ = replay(self.run_dir, keep_rows=False)
+            write_json_atomic(self.run_dir / "files" / "summary.json", json_safe(state.summary))
+        except OSError as e:
+            log.warning("could not write summary.json: %s", e)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="runstream-sidecar")
+    p.add_argument("--ring", type=Path, required=True)
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--producer-pid", type=int, default=0)
+    p.add_argument("--batch-bytes", type=int, default=1 << 20)
+    p.add_argument("--batch-age", type=float, default=0.1)
+    p.add_argument("--fsync", choices=["group", "always", "never"], default="group")
+    p.add_argument("--fsync-interval", type=float, default=1.0)
+    p.add_argument("--memory", type=int, default=256 << 20)
+    p.add_argument("--zstd-level", type=int, default=3)
+    return p.parse_args(argv)
+
+
+def take_lock(run_dir: Path) -> int | None:
+    fd = os.open(run_dir / "sidecar.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        filename=str(opts.run_dir / "logs" / "sidecar.log"),
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(message)s",
+    )
+    # The producer's terminal may send SIGINT to the whole foreground group before we detach;
+    # the sidecar finishes draining regardless.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lock = take_lock(opts.run_dir)
+    if lock is None:
+        log.error("another sidecar holds %s; exiting", opts.run_dir / "sidecar.lock")
+        return 3
+    ring = RingMap.attach(opts.ring)
+    log.info("sidecar up: ring %s (%d bytes), run dir %s", opts.ring, ring.capacity, opts.run_dir)
+    sidecar = Sidecar(ring, opts.run_dir, opts)
+    try:
+        import uvloop
+
+        code = uvloop.run(sidecar.run())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX platform
+        code = asyncio.run(sidecar.run())
+    log.info(
+        "sidecar done: %d records journaled (seq %d, synced %d), head %d",
+        sidecar.journaled,
+        sidecar.journal.written_seq,
+        sidecar.journal.synced_seq,
+        int(ring.words[W_HEAD]),
+    )
+    if ring.words[W_CLOSED] or not sidecar.producer_alive():
+        with contextlib.suppress(OSError):
+            os.unlink(opts.ring)
+    os.close(lock)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

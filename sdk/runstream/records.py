@@ -1,0 +1,127 @@
+"""The record: the unit the SDK writes into the ring and the sidecar packs into batches.
+
+One byte format serves both places (see ``docs/ring-format.md`` for the grammar and a worked
+example), so the sidecar moves records from the ring into a batch by copying spans, never by
+re-encoding them.  All integers are little-endian::
+
+    record  := header body pad
+    header  := len:u32 crc:u32 seq:u64 kind:u8 flags:u8 reserved:6 step:i64 time:f64   (40 bytes)
+    body    := msgpack bytes, ``len`` of them
+    pad     := zero to seven bytes so the next record starts 8-aligned (not covered by crc)
+
+``crc`` is CRC-32C over bytes ``[8, 40 + len)``: everything after itself, so a record whose
+bytes are not all visible yet (a torn or half-published record) never validates.  ``seq`` starts
+at 1 and grows by exactly one per record written by one run writer, which makes gaps and
+duplicates detectable downstream.
+
+This module is pure functions and constants: safe to call from any thread or process.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import crc32c as _crc32c
+import msgpack
+
+# --- header layout (docs/ring-format.md, "Record") -------------------------------------------
+HEADER = struct.Struct("<IIQBB6xqd")
+HEADER_SIZE = HEADER.size  # 40
+assert HEADER_SIZE == 40
+CRC_START = 8  # the crc covers the record from this offset to the end of its body
+ALIGN = 8
+
+# --- kinds ----------------------------------------------------------------------------------
+KIND_PAD = 0  # ring only: "the rest of the ring is padding, continue at offset 0"
+KIND_RUN = 1  # run metadata (first record of a run; later ones update name/tags/notes)
+KIND_CONFIG = 2  # config keys merged into the run's config
+KIND_ROW = 3  # one committed history row; ``step`` in the header
+KIND_SUMMARY = 4  # user-pinned summary keys: {"set": {...}, "del": [...]}
+KIND_STATS = 5  # loss and back-pressure counters, latest value wins
+KIND_EXIT = 6  # the run ended: {"exit_code": int, "state": str}
+
+KIND_NAMES = {
+    KIND_PAD: "pad",
+    KIND_RUN: "run",
+    KIND_CONFIG: "config",
+    KIND_ROW: "row",
+    KIND_SUMMARY: "summary",
+    KIND_STATS: "stats",
+    KIND_EXIT: "exit",
+}
+
+# flags
+FLAG_SIDECAR = 0x01  # written by the sidecar on the producer's behalf (e.g. the crash exit record)
+
+crc32c = _crc32c.crc32c
+
+
+def padded(n: int) -> int:
+    """Size of a record with an ``n``-byte body, padding included."""
+    return (HEADER_SIZE + n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+class Record(NamedTuple):
+    seq: int
+    kind: int
+    flags: int
+    step: int
+    time: float
+    body: bytes
+
+    def value(self) -> Any:
+        return unpack_body(self.body)
+
+
+def encode(seq: int, kind: int, step: int, time: float, body: bytes, flags: int = 0) -> bytes:
+    """One complete record, padding included (used off the hot path: tests, sidecar, tools)."""
+    out = bytearray(padded(len(body)))
+    HEADER.pack_into(out, 0, len(body), 0, seq, kind, flags, step, time)
+    out[HEADER_SIZE : HEADER_SIZE + len(body)] = body
+    struct.pack_into("<I", out, 4, crc32c(memoryview(out)[CRC_START : HEADER_SIZE + len(body)]))
+    return bytes(out)
+
+
+def iter_records(buf: bytes | memoryview) -> Iterator[Record]:
+    """Decode a batch: a run of whole records.  Stops at the first record that does not validate.
+
+    Batches are checksummed as a whole by their journal frame, so a bad record here means a bug
+    upstream, not disk damage; stopping (rather than guessing a resync point) never returns a
+    record that was not written.
+    """
+    mv = memoryview(buf)
+    pos, end = 0, len(mv)
+    while end - pos >= HEADER_SIZE:
+        length, crc, seq, kind, flags, step, t = HEADER.unpack_from(mv, pos)
+        stop = pos + HEADER_SIZE + length
+        if stop > end or crc32c(mv[pos + CRC_START : stop]) != crc:
+            return
+        yield Record(seq, kind, flags, step, t, bytes(mv[pos + HEADER_SIZE : stop]))
+        pos = padded(length) + pos
+
+
+def pack_body(obj: Any) -> bytes:
+    """msgpack for metadata records (not the ``log`` hot path, which uses its own Packer)."""
+    return msgpack.packb(obj, use_bin_type=True, default=item_default)  # type: ignore[no-any-return]
+
+
+def unpack_body(body: bytes) -> Any:
+    return msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+
+def item_default(obj: Any) -> Any:
+    """msgpack fallback for values that are not plain Python: numpy scalars and 0-d arrays, torch
+    scalar tensors, anything else with ``.item()``.  Raises TypeError for everything else; the
+    caller turns that into a message naming the key."""
+    item = getattr(obj, "item", None)
+    if item is not None:
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    tolist = getattr(obj, "tolist", None)
+    if tolist is not None and getattr(obj, "ndim", 2) == 1:
+        return tolist()  # a 1-d numpy array: a list of numbers
+    raise TypeError(type(obj).__name__)

@@ -1,0 +1,236 @@
+"""The shared-memory ring between the training process (producer) and its sidecar (consumer).
+
+Design note (byte diagram, worked example and the memory-ordering argument: docs/ring-format.md)
+------------------------------------------------------------------------------------------------
+* Single producer, single consumer, lock-free.  The producer's ``push`` takes no lock, makes no
+  syscall and hands nothing to a thread: it is plain stores into an ``mmap`` of a file in
+  ``/dev/shm`` (``time.time()`` goes through the vDSO, not a syscall).
+* ``head`` and ``tail`` are byte counters that only grow; ``head - tail`` bytes are in use and
+  ``counter % capacity`` is a position.  Only the producer stores ``head``; only the consumer
+  stores ``tail``.  Each sits on its own cache line in the control block.
+* A record (format in ``records.py``) never straddles the end of the data area: when it would, the
+  producer fills the rest with a PAD record (or, when fewer than 40 bytes remain, leaves them and
+  both sides skip them), and writes the record at offset 0.
+* Publication is ``head`` being stored *after* the record's bytes.  The consumer also checks each
+  record's CRC-32C and that its ``seq`` is the next expected one, so a record whose bytes are not
+  yet all visible (aarch64 may make the ``head`` store visible first) is simply not accepted yet,
+  and stale bytes from an earlier lap can never pass for a new record.
+* Back-pressure: when the ring lacks room, records wait in a bounded in-process overflow (FIFO).
+  While the overflow is non-empty every new record queues behind it, so order is kept; later
+  ``push`` calls and ``drain_overflow`` (from ``finish``) move it into the ring.  Past the bound a
+  record is dropped and counted in the control block, where the sidecar reads it.
+
+Concurrency contract: ``RingWriter`` belongs to one thread at a time of the training process (the
+thread that calls ``log``); the consumer is ``runstream_ingest.ring_reader.RingReader`` in
+another process.  Nothing else may write the mapping.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections import deque
+from pathlib import Path
+
+from .errors import RecordTooLargeError
+from .records import ALIGN, CRC_START, HEADER, HEADER_SIZE, KIND_PAD, crc32c
+
+# --- control block (docs/ring-format.md, "Control block") -------------------------------------
+MAGIC = b"RSRING\x00\x01"
+VERSION = 1
+CONTROL_SIZE = 4096  # the data area starts here, page-aligned
+_WORDS = struct.Struct("<8sIIQQ")  # magic, version, control size, capacity, producer pid
+
+# u64 word indexes into the control block
+W_HEAD = 8  # byte 64: producer-owned cache line
+W_RECORDS = 9  # records published into the ring
+W_DROPPED = 10  # records dropped because ring and overflow were both full
+W_DROPPED_BYTES = 11
+W_OVERFLOW_BYTES = 12  # bytes waiting in the overflow right now
+W_OVERFLOW_PEAK = 13
+W_STEP_REGRESSIONS = 14  # rows dropped because their step went backwards
+W_CLOSED = 16  # byte 128: 1 once the producer has published its last record
+W_TAIL = 24  # byte 192: consumer-owned cache line
+W_SIDECAR_PID = 25
+W_JOURNALED = 26  # records written to the journal
+W_JOURNALED_SEQ = 27  # highest seq written to the journal
+W_SYNCED_SEQ = 28  # highest seq covered by a successful fsync
+W_JOURNAL_ERRORS = 29
+W_SKIPPED_BYTES = 30  # ring bytes the consumer gave up on (damage: should never happen)
+W_SIDECAR_LOST = 31  # records the sidecar held in memory and could not write before exiting
+
+MIN_CAPACITY = 64 * 1024
+DEFAULT_CAPACITY = 64 * 1024 * 1024
+
+
+def max_record(capacity: int) -> int:
+    """Largest record (header and padding included) a ring of ``capacity`` can always place.
+
+    A record must be contiguous, so one larger than half the ring could wait forever for a
+    position that leaves room for it before the end.
+    """
+    return capacity // 2
+
+
+def default_ring_path(run_id: str, run_dir: Path) -> Path:
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm / f"runstream-{run_id}-{os.getpid()}.ring"
+    return run_dir / "ring"
+
+
+class RingMap:
+    """An open mapping of a ring file: the bytes, plus u64 views of the control block."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path = path
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.buf = memoryview(self.mm)
+        self.words = self.buf[:CONTROL_SIZE].cast("Q")
+        magic, version, control, capacity, pid = _WORDS.unpack_from(self.buf, 0)
+        self.capacity: int = capacity
+        self.producer_pid: int = pid
+        self.data = self.buf[CONTROL_SIZE : CONTROL_SIZE + capacity]
+
+    @classmethod
+    def create(cls, path: Path, capacity: int) -> RingMap:
+        if capacity < MIN_CAPACITY or capacity % ALIGN:
+            raise ValueError(f"ring capacity {capacity} must be >= {MIN_CAPACITY} and a multiple of 8")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, CONTROL_SIZE + capacity)
+            # Touch every page now (at init) so the hot path never takes a page fault that
+            # allocates tmpfs memory; a machine short of /dev/shm fails here, loudly, not in log().
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, CONTROL_SIZE + capacity)
+            header = _WORDS.pack(MAGIC, VERSION, CONTROL_SIZE, capacity, os.getpid())
+            os.pwrite(fd, header, 0)
+            return cls(path, fd, CONTROL_SIZE + capacity)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def attach(cls, path: Path) -> RingMap:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size < CONTROL_SIZE:
+                raise ValueError(f"{path} is not a runstream ring ({size} bytes)")
+            head = os.pread(fd, _WORDS.size, 0)
+            magic, version, control, capacity, _ = _WORDS.unpack(head)
+            if magic != MAGIC or version != VERSION or control != CONTROL_SIZE:
+                raise ValueError(f"{path} is not a runstream ring v{VERSION} (magic {magic!r})")
+            if size != CONTROL_SIZE + capacity:
+                raise ValueError(f"{path}: ring size {size} does not match its capacity {capacity}")
+            return cls(path, fd, size)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.data.release()
+        self.words.release()
+        self.buf.release()
+        self.mm.close()
+
+
+class RingWriter:
+    """Producer side: publishes records into the ring, or into the overflow when it is full."""
+
+    def __init__(self, ring: RingMap, overflow_limit: int, first_seq: int = 1) -> None:
+        self.ring = ring
+        self._data = ring.data
+        self._words = ring.words
+        self._cap = ring.capacity
+        self._max = max_record(ring.capacity)
+        self._head = ring.words[W_HEAD]
+        self._tail = ring.words[W_TAIL]  # last tail seen; re-read only when short of room
+        self._seq = first_seq
+        self._overflow: deque[tuple[int, int, float, bytes, int]] = deque()
+        self._overflow_bytes = 0
+        self._overflow_limit = overflow_limit
+        self._pack_into = HEADER.pack_into
+        self._records = ring.words[W_RECORDS]
+
+    # The hot path.  Every line here costs ~50-100 ns; keep it flat.
+    def push(self, kind: int, step: int, t: float, body: bytes) -> None:
+        size = (HEADER_SIZE + len(body) + 7) & -8
+        if self._overflow or size > self._max or not self._put(kind, step, t, body, size):
+            self._queue(kind, step, t, body, size)
+
+    def _put(self, kind: int, step: int, t: float, body: bytes, size: int) -> bool:
+        cap = self._cap
+        head = self._head
+        pos = head % cap
+        room = cap - pos
+        need = size if size <= room else room + size  # a record never straddles the end
+        if cap - (head - self._tail) < need:
+            self._tail = self._words[W_TAIL]
+            if cap - (head - self._tail) < need:
+                return False
+        data = self._data
+        if size > room:
+            if room >= HEADER_SIZE:
+                self._pack_into(data, pos, 0, 0, self._seq, KIND_PAD, 0, 0, 0.0)
+                struct.pack_into("<I", data, pos + 4, crc32c(data[pos + CRC_START : pos + HEADER_SIZE]))
+            pos = 0
+        n = len(body)
+        self._pack_into(data, pos, n, 0, self._seq, kind, 0, step, t)
+        end = pos + HEADER_SIZE + n
+        data[pos + HEADER_SIZE : end] = body
+        struct.pack_into("<I", data, pos + 4, crc32c(data[pos + CRC_START : end]))
+        self._seq += 1
+        self._head = head + need
+        self._records += 1
+        self._words[W_RECORDS] = self._records
+        self._words[W_HEAD] = self._head  # publish: this store comes after the record's bytes
+        return True
+
+    def _queue(self, kind: int, step: int, t: float, body: bytes, size: int) -> None:
+        if size > self._max:
+            raise RecordTooLargeError(
+                f"a record of {size} bytes is larger than this ring can hold ({self._max} bytes, half "
+                f"of its {self._cap}-byte capacity); log less per call or raise settings ring_size"
+            )
+        self.drain_overflow()
+        if not self._overflow and self._put(kind, step, t, body, size):
+            return
+        if self._overflow_bytes + size > self._overflow_limit:
+            w = self._words
+            w[W_DROPPED] = w[W_DROPPED] + 1
+            w[W_DROPPED_BYTES] = w[W_DROPPED_BYTES] + size
+            return
+        self._overflow.append((kind, step, t, body, size))
+        self._overflow_bytes += size
+        self._words[W_OVERFLOW_BYTES] = self._overflow_bytes
+        if self._overflow_bytes > self._words[W_OVERFLOW_PEAK]:
+            self._words[W_OVERFLOW_PEAK] = self._overflow_bytes
+
+    def drain_overflow(self) -> bool:
+        """Move queued records into the ring, oldest first.  True when the overflow is empty."""
+        q = self._overflow
+        while q:
+            kind, step, t, body, size = q[0]
+            if not self._put(kind, step, t, body, size):
+                break
+            q.popleft()
+            self._overflow_bytes -= size
+        self._words[W_OVERFLOW_BYTES] = self._overflow_bytes
+        return not q
+
+    @property
+    def overflow_bytes(self) -> int:
+        return self._overflow_bytes
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last record published into the ring (not counting the overflow)."""
+        return self._seq - 1
+
+    def count(self, word: int, n: int = 1) -> None:
+        """Add to one of the producer-owned counters (e.g. W_STEP_REGRESSIONS)."""
+        self._words[word] = self._words[word] + n
+
+    def close(self) -> None:
+        """Mark the ring closed: the producer will publish nothing more."""
+        self._words[W_CLOSED] = 1

@@ -1,0 +1,350 @@
+"""``init`` and ``finish``: a run's life in the training process, and the module-level globals.
+
+``init`` sets up everything ``log`` needs before returning — run directory, ring, the first
+records — and starts the sidecar without waiting for it.  ``finish`` (also run at interpreter
+exit, with the exit code of an uncaught exception or ``sys.exit``) closes the ring and waits,
+bounded, for the sidecar to journal and fsync everything.
+
+Concurrency contract: ``init``/``finish`` are called from one thread at a time; a process has at
+most one active run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from . import records as rec
+from .config import Config, load_config
+from .errors import UsageError
+from .names import new_run_id, new_run_name, validate_run_id
+from .reader import replay
+from .ring import (
+    W_DROPPED,
+    W_JOURNALED,
+    W_STEP_REGRESSIONS,
+    W_SYNCED_SEQ,
+    RingMap,
+    RingWriter,
+    default_ring_path,
+)
+from .run import Run
+from .rundir import create_run_dir, find_run_dirs, update_latest_link, write_json_atomic
+from .settings import Settings, resolve_settings
+from .supervisor import SidecarSupervisor
+
+_active: Run | None = None
+_lock = threading.RLock()
+
+
+def say(settings: Settings, msg: str) -> None:
+    if not settings.silent:
+        print(f"runstream: {msg}", file=sys.stderr)
+
+
+def _find_local_run(root: Path, run_id: str) -> Path | None:
+    for d in reversed(find_run_dirs(root)):
+        if d.name.endswith(f"-{run_id}"):
+            return d
+    return None
+
+
+def _resume_target(settings: Settings, resume: Any, run_id: str | None) -> Path | None:
+    """W&B's resume rules, over the runs found under this directory."""
+    if resume in (None, False):
+        return None
+    if resume not in (True, "auto", "allow", "must", "never"):
+        raise UsageError(
+            f"resume must be one of 'allow', 'must', 'never', 'auto', True or None, not {resume!r}"
+        )
+    if resume in (True, "auto") and run_id is None:
+        from .reader import sidecar_running
+
+        dirs = find_run_dirs(settings.root_dir)
+        if dirs and not sidecar_running(dirs[-1]):
+            state, _ = replay(dirs[-1], keep_rows=False)
+            if state.state(running=False) == "crashed":
+                return dirs[-1]
+        return None
+    if run_id is None:
+        if resume in ("must", "never"):
+            raise UsageError(f'resume="{resume}" needs a run id: pass init(id=...) or set RUNSTREAM_RUN_ID')
+        return None
+    found = _find_local_run(settings.root_dir, run_id)
+    if resume == "never" and found is not None:
+        raise UsageError(f'resume="never" but run {run_id} already exists in {found}')
+    if resume == "must" and found is None:
+        raise UsageError(
+            f'resume="must" but there is no run {run_id} under {settings.root_dir / "runstream"}'
+        )
+    return found
+
+
+def init(
+    project: str | None = None,
+    entity: str | None = None,
+    name: str | None = None,
+    notes: str | None = None,
+    tags: Any = None,
+    group: str | None = None,
+    job_type: str | None = None,
+    config: Any = None,
+    config_exclude_keys: Any = None,
+    config_include_keys: Any = None,
+    dir: Any = None,
+    id: str | None = None,
+    resume: Any = None,
+    reinit: bool | None = None,
+    mode: str | None = None,
+    allow_val_change: bool | None = None,
+    save_code: bool | None = None,
+    settings: Any = None,
+    **ignored: Any,
+) -> Any:
+    global _active
+    with _lock:
+        if _active is not None and not _active._finished:
+            if not reinit:
+                warnings.warn(
+                    f"runstream.init: run {_active.name} ({_active.id}) is still active; returning it. "
+                    "Call finish() first or pass reinit=True to start a new run.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return _active
+            _active.finish()
+        s = resolve_settings(
+            mode=mode, dir=dir, project=project, entity=entity, run_id=id, name=name, tags=tags,
+            notes=notes, group=group, job_type=job_type, settings=settings,
+        )  # fmt: skip
+        cfg_dict = load_config(config, config_include_keys, config_exclude_keys)
+        if s.mode == "disabled":
+            from .disabled import DisabledRun
+
+            run = DisabledRun(s, cfg_dict)
+            _publish(run)
+            return run
+        if s.mode == "online":
+            say(s, "no runstream server in this version yet: running offline (sync comes with the server)")
+        run_id = validate_run_id(s.run_id) if s.run_id else None
+        target = _resume_target(s, resume, run_id)
+        return _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, ignored)
+
+
+def _start(
+    s: Settings,
+    run_id: str | None,
+    resume_dir: Path | None,
+    cfg_dict: dict[str, Any],
+    allow_val_change: bool,
+    save_code: bool | None,
+    ignored: dict[str, Any],
+) -> Run:
+    global _active
+    start_step, first_seq = 0, 1
+    prior_config: dict[str, Any] = {}
+    if resume_dir is not None:
+        state, _ = replay(resume_dir, keep_rows=False)
+        run_id = str(state.run.get("id") or resume_dir.name.rsplit("-", 1)[-1])
+        name = s.name or str(state.run.get("name") or new_run_name())
+        start_step = (state.last_row["_step"] + 1) if state.last_row else 0
+        first_seq = state.last_seq + 1
+        prior_config = state.config
+        run_dir = resume_dir
+    else:
+        run_id = run_id or new_run_id()
+        name = s.name or new_run_name()
+        run_dir = create_run_dir(s.root_dir, run_id, dt.datetime.now())
+    update_latest_link(s.root_dir, run_dir)
+    ring = RingMap.create(default_ring_path(run_id, run_dir), s.ring_size)
+    writer = RingWriter(ring, s.overflow_size, first_seq=first_seq)
+    config = Config()
+    config.update(prior_config, allow_val_change=True)
+    config._allow_val_change = allow_val_change
+    run = Run(s, run_id, name, run_dir, config, writer, start_step=start_step)
+    run._ring = ring  # type: ignore[attr-defined]
+    meta = {
+        "id": run_id,
+        "name": name,
+        "project": s.project,
+        "entity": s.entity,
+        "tags": list(s.tags),
+        "notes": s.notes,
+        "group": s.group,
+        "job_type": s.job_type,
+        "start_time": run.start_time,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "program": sys.argv[0] if sys.argv else None,
+        "args": sys.argv[1:],
+        "python": sys.version.split()[0],
+        "save_code": bool(save_code),
+        "resumed": resume_dir is not None,
+    }
+    if resume_dir is not None:
+        meta.pop("start_time")  # runtime keeps counting from the first start
+    run._emit(rec.KIND_RUN, meta)
+    config._emit = lambda delta: run._emit(rec.KIND_CONFIG, delta)
+    config.update(cfg_dict, allow_val_change=True if resume_dir is not None else allow_val_change)
+    if not cfg_dict:
+        run._emit(rec.KIND_CONFIG, {})  # so config.yaml exists from the start
+    write_json_atomic(
+        run_dir / "run.json",
+        {k: meta.get(k) for k in ("id", "name", "project", "entity", "pid", "host")}
+        | {"created": time.time()},
+    )
+    sup = SidecarSupervisor(ring.path, run_dir, s)
+    sup.start()
+    run._sidecar = sup
+    _publish(run)
+    _install_hooks()
+    verb = "resumed" if resume_dir is not None else "started"
+    say(s, f"{verb} run {name} ({run_id}) offline in {run_dir}")
+    return run
+
+
+def _publish(run: Any) -> None:
+    """Point the module-level names (runstream.run, .config, .summary, .log) at ``run``."""
+    global _active
+    import runstream
+
+    _active = run if isinstance(run, Run) else None
+    runstream.run = run
+    runstream.config = run.config
+    runstream.summary = run.summary
+    # Rebinding the module attribute removes one call layer from ``runstream.log(...)``.
+    runstream.log = run.log
+
+
+def _unpublish() -> None:
+    global _active
+    import runstream
+
+    _active = None
+    runstream.run = None
+    runstream.config = runstream._PreInitConfig()
+    runstream.summary = None
+    runstream.log = runstream._log_before_init
+
+
+def finish_run(run: Run, exit_code: int | None) -> None:
+    with _lock:
+        if run._finished:
+            return
+        s = run._settings
+        run._commit_pending()
+        code = 0 if exit_code is None else int(exit_code)
+        run._emit(rec.KIND_EXIT, {"exit_code": code, "state": "finished" if code == 0 else "failed"})
+        writer = run._writer
+        deadline = time.monotonic() + s.finish_timeout
+        while not writer.drain_overflow() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        left = writer.overflow_bytes
+        writer.close()
+        run._finished = True
+        sup = run._sidecar
+        sidecar_code = sup.stop(max(deadline - time.monotonic(), 1.0)) if sup else None
+        ring: RingMap = run._ring  # type: ignore[attr-defined]
+        w = ring.words
+        journaled, synced = int(w[W_JOURNALED]), int(w[W_SYNCED_SEQ])
+        dropped = int(w[W_DROPPED]) + int(w[W_STEP_REGRESSIONS])
+        if _active is run:
+            _unpublish()
+        ring.close()
+        if sidecar_code == 0:
+            try:
+                os.unlink(ring.path)
+            except FileNotFoundError:
+                pass
+    rows = run._step
+    msg = f"run {run.name} ({run.id}) {'finished' if code == 0 else f'failed (exit code {code})'}: "
+    msg += f"{rows} steps, {journaled} records journaled in {run.dir}"
+    if dropped or left:
+        msg += f"; {dropped} records dropped (see runstream inspect)"
+    if sidecar_code != 0:
+        msg += f"; the sidecar was still writing at the {s.finish_timeout:.0f}s finish timeout (last synced seq {synced})"
+        print(f"runstream: warning: {msg}", file=sys.stderr)
+    else:
+        say(s, msg)
+
+
+def finish(exit_code: int | None = None, quiet: bool | None = None) -> None:
+    run = _active
+    if run is not None:
+        run.finish(exit_code)
+    else:
+        import runstream
+
+        if runstream.run is not None:  # a disabled run
+            runstream.run.finish(exit_code)
+            _unpublish()
+
+
+# --- interpreter exit -------------------------------------------------------------------------
+_hooks_installed = False
+_exit_code: int | None = None
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    prev_hook = sys.excepthook
+    prev_exit = sys.exit
+
+    def excepthook(tp: Any, value: Any, tb: Any) -> None:
+        global _exit_code
+        _exit_code = 130 if issubclass(tp, KeyboardInterrupt) else 1
+        prev_hook(tp, value, tb)
+
+    def exit_(code: Any = None) -> None:
+        global _exit_code
+        _exit_code = code if isinstance(code, int) else (0 if code is None else 1)
+        prev_exit(code)
+
+    sys.excepthook = excepthook
+    sys.exit = exit_  # type: ignore[assignment]
+    atexit.register(_at_exit)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _at_exit() -> None:
+    run = _active
+    if run is not None and not run._finished:
+        run.finish(exit_code=_exit_code or 0)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (e.g. a DataLoader worker) must not write the parent's ring: two producers
+    would break the single-producer contract.  Its run becomes inert, with one warning if used."""
+    run = _active
+    if run is None:
+        return
+    warned = False
+
+    def inert(*args: Any, **kwargs: Any) -> None:
+        nonlocal warned
+        if not warned:
+            warned = True
+            print(
+                f"runstream: warning: process {os.getpid()} is a fork of the training process; "
+                "its log() calls are ignored (log from the process that called init)",
+                file=sys.stderr,
+            )
+
+    import runstream
+
+    run.log = inert  # type: ignore[method-assign]
+    run._emit = inert  # type: ignore[method-assign]
+    runstream.log = inert
+    run._finished = True
+    run._sidecar = None
