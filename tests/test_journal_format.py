@@ -10,8 +10,6 @@ import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.crashfs import CrashFileSystem
-from support.frames import make_batch
 
 from runstream import records as rec
 from runstream_ingest import journal
@@ -29,6 +27,9 @@ from runstream_ingest.journal import (
     segment_name,
 )
 from runstream_ingest.journal_reader import decode_payload, read_journal
+
+from .support.crashfs import CrashFileSystem
+from .support.frames import make_batch
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "journal-format.md"
 D = "/j"

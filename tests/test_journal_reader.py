@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.crashfs import CrashFileSystem
-from support.frames import Ledger, bodies_st, codec_st
 
 from runstream_ingest.journal import JournalWriter
 from runstream_ingest.journal_reader import JournalReader, ScannedFrame, scan_segment
+
+from .support.crashfs import CrashFileSystem
+from .support.frames import Ledger, bodies_st, codec_st
 
 D = "/run/journal"
 
@@ -77,7 +78,9 @@ def test_reader_returns_ordered_subset_with_every_intact_frame_after_cut_and_fli
 
 @settings(max_examples=50, deadline=None)
 @given(batches=st.lists(bodies_st, min_size=2, max_size=8), data=st.data())
-def test_reader_sees_a_prefix_of_a_journal_being_written(batches: list[list[bytes]], data: st.DataObject) -> None:
+def test_reader_sees_a_prefix_of_a_journal_being_written(
+    batches: list[list[bytes]], data: st.DataObject
+) -> None:
     """A reader running while the writer appends (even mid-frame, simulated with a torn copy)
     returns a prefix of the records, never garbage."""
     fs = CrashFileSystem()

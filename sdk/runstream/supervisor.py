@@ -86,6 +86,8 @@ class SidecarSupervisor:
                 proc = self._proc
                 if proc is None or proc.poll() is None or self._stopping.is_set():
                     continue
+                if proc.returncode == 0:
+                    return  # it drained a closed ring, or outlived its producer: its job is done
                 if self.restarts >= MAX_RESTARTS:
                     print(
                         f"runstream: error: the sidecar keeps dying (exit {proc.returncode}); giving up "

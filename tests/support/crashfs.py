@@ -217,11 +217,11 @@ class CrashFileSystem:
     def write(self, fd: int, data: bytes | memoryview) -> int:
         with self._lock:
             h = self._fd(fd)
-            fault = self._enter("write", h.path, allow_partial=True)
+            partial = self._enter("write", h.path, allow_partial=True)
             if not h.writable:
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF), h.path)
             assert isinstance(h.node, _File)
-            chunk = bytes(data) if fault is None else bytes(data[: fault.partial])
+            chunk = bytes(data if partial is None else data[:partial])
             h.node.data += chunk
             return len(chunk)
 
@@ -303,8 +303,8 @@ class CrashFileSystem:
             self._set(d, ((name, _Dir()),))
 
     # --- internals ------------------------------------------------------------------------------
-    def _enter(self, op: str, path: str, allow_partial: bool = False) -> Fault | None:
-        """Count the call, cut the power or inject a fault.  Returns a partial-write fault."""
+    def _enter(self, op: str, path: str, allow_partial: bool = False) -> int | None:
+        """Count the call, cut the power or inject a fault.  Returns a partial write's size."""
         if not self.powered:
             raise PowerCut(op)
         if self._cut_at is not None and self.ops >= self._cut_at:
@@ -319,7 +319,7 @@ class CrashFileSystem:
                 fault.skip -= 1
                 return None
             if allow_partial and fault.partial is not None:
-                partial, fault.partial = fault, None
+                partial, fault.partial = fault.partial, None
                 return partial
             fault.times -= 1
             raise OSError(fault.err, os.strerror(fault.err), path)
