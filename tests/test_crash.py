@@ -116,7 +116,7 @@ def test_sidecar_killed_mid_run_is_replaced_and_journal_is_gapless(tmp_path: Pat
         """,
     )
     try:
-        wait_for(lambda: (tmp_path / "halfway").exists(), 60, "the script to get going")
+        wait_for((tmp_path / "halfway").exists, 60, "the script to get going")
         (victim,) = sidecars_under(tmp_path)
         victim.kill()
         killed_at = time.monotonic()
@@ -201,7 +201,7 @@ def test_sidecar_survives_ctrl_c_of_the_foreground_group_and_drains(tmp_path: Pa
         """,
     )
     try:
-        wait_for(lambda: (tmp_path / "ready").exists(), 60, "the script to log")
+        wait_for((tmp_path / "ready").exists, 60, "the script to log")
         (sidecar,) = sidecars_under(tmp_path)
         assert os.getpgid(sidecar.pid) != os.getpgid(proc.pid)  # its own session
         proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the script

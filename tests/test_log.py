@@ -230,7 +230,9 @@ def test_exception_inside_context_manager_marks_run_failed(tmp_path: Path) -> No
 
 
 def test_run_identity_and_directory_layout(tmp_path: Path) -> None:
-    run = runstream.init(project="p", entity="e", name="my-run", tags=["a", "b"], notes="n", mode="offline", dir=tmp_path)
+    run = runstream.init(
+        project="p", entity="e", name="my-run", tags=["a", "b"], notes="n", mode="offline", dir=tmp_path
+    )
     assert len(run.id) == 8 and run.id.isalnum() and run.id == run.id.lower()
     assert run.path == f"e/p/{run.id}" and run.name == "my-run" and run.tags == ("a", "b")
     d = Path(run.dir)

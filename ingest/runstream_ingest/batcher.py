@@ -26,9 +26,7 @@ class Batch:
 
 
 class Batcher:
-    def __init__(
-        self, max_bytes: int, max_age: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, max_bytes: int, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self._clock = clock
@@ -75,4 +73,5 @@ class Compressor:
         self._z = zstandard.ZstdCompressor(level=level, write_content_size=True)
 
     def compress(self, data: bytes) -> bytes:
-        return self._z.compress(data)  # type: ignore[no-any-return]
+        out: bytes = self._z.compress(data)
+        return out

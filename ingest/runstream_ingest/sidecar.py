@@ -161,7 +161,10 @@ class Sidecar:
         if force:
             await loop.run_in_executor(None, self.journal.sync)
             self.words[W_SYNCED_SEQ] = self.journal.synced_seq
-        elif now - self._last_sync >= self.opts.fsync_interval and self.journal.written_seq > self.journal.synced_seq:
+        elif (
+            now - self._last_sync >= self.opts.fsync_interval
+            and self.journal.written_seq > self.journal.synced_seq
+        ):
             self._last_sync = now
             self._sync_task = loop.run_in_executor(None, self.journal.sync)
 

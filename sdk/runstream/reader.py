@@ -215,7 +215,7 @@ def read_run(path: str | os.PathLike[str], pandas: bool = False) -> RunData:
     }
     history: Any = state.rows
     if pandas:
-        import pandas as pd  # type: ignore[import-not-found, unused-ignore]
+        import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
         history = pd.DataFrame(state.rows)
     return RunData(

@@ -88,7 +88,7 @@ class RingMap:
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.buf = memoryview(self.mm)
         self.words = self.buf[:CONTROL_SIZE].cast("Q")
-        magic, version, control, capacity, pid = _WORDS.unpack_from(self.buf, 0)
+        _magic, _version, _control, capacity, pid = _WORDS.unpack_from(self.buf, 0)
         self.capacity: int = capacity
         self.producer_pid: int = pid
         self.data = self.buf[CONTROL_SIZE : CONTROL_SIZE + capacity]
@@ -203,8 +203,7 @@ class RingWriter:
         self._overflow.append((kind, step, t, body, size))
         self._overflow_bytes += size
         self._words[W_OVERFLOW_BYTES] = self._overflow_bytes
-        if self._overflow_bytes > self._words[W_OVERFLOW_PEAK]:
-            self._words[W_OVERFLOW_PEAK] = self._overflow_bytes
+        self._words[W_OVERFLOW_PEAK] = max(self._words[W_OVERFLOW_PEAK], self._overflow_bytes)
 
     def drain_overflow(self) -> bool:
         """Move queued records into the ring, oldest first.  True when the overflow is empty."""
@@ -217,6 +216,18 @@ class RingWriter:
             self._overflow_bytes -= size
         self._words[W_OVERFLOW_BYTES] = self._overflow_bytes
         return not q
+
+    def abandon_overflow(self) -> int:
+        """Give up on what is still queued (finish timed out): count it as dropped."""
+        n = len(self._overflow)
+        if n:
+            w = self._words
+            w[W_DROPPED] = w[W_DROPPED] + n
+            w[W_DROPPED_BYTES] = w[W_DROPPED_BYTES] + self._overflow_bytes
+            self._overflow.clear()
+            self._overflow_bytes = 0
+            w[W_OVERFLOW_BYTES] = 0
+        return n
 
     @property
     def overflow_bytes(self) -> int:

@@ -109,7 +109,6 @@ def init(
     settings: Any = None,
     **ignored: Any,
 ) -> Any:
-    global _active
     with _lock:
         if _active is not None and not _active._finished:
             if not reinit:
@@ -148,7 +147,6 @@ def _start(
     save_code: bool | None,
     ignored: dict[str, Any],
 ) -> Run:
-    global _active
     start_step, first_seq = 0, 1
     prior_config: dict[str, Any] = {}
     if resume_dir is not None:
@@ -247,7 +245,7 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         deadline = time.monotonic() + s.finish_timeout
         while not writer.drain_overflow() and time.monotonic() < deadline:
             time.sleep(0.001)
-        left = writer.overflow_bytes
+        left = writer.abandon_overflow()  # what finish_timeout could not move: counted as dropped
         writer.close()
         run._finished = True
         sup = run._sidecar
@@ -270,7 +268,10 @@ def finish_run(run: Run, exit_code: int | None) -> None:
     if dropped or left:
         msg += f"; {dropped} records dropped (see runstream inspect)"
     if sidecar_code != 0:
-        msg += f"; the sidecar was still writing at the {s.finish_timeout:.0f}s finish timeout (last synced seq {synced})"
+        msg += (
+            f"; the sidecar was still writing at the {s.finish_timeout:.0f}s finish timeout "
+            f"(synced up to seq {synced}); it finishes in the background"
+        )
         print(f"runstream: warning: {msg}", file=sys.stderr)
     else:
         say(s, msg)
