@@ -270,7 +270,7 @@ class JournalWriter:
             else:
                 fd = fs.open_read(path)
                 try:
-                    pass
+                    fs.fsync(fd)
                 finally:
                     fs.close(fd)
         fs.fsync_dir(directory)

@@ -31,6 +31,7 @@ import mmap
 import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import RecordTooLargeError
@@ -151,6 +152,7 @@ class RingWriter:
         self._overflow_limit = overflow_limit
         self._pack_into = HEADER.pack_into
         self._records = ring.words[W_RECORDS]
+        self.on_first_drop: Callable[[], None] | None = None  # called once, at the first drop
 
     # The hot path.  Every line here costs ~50-100 ns; keep it flat.
     def push(self, kind: int, step: int, t: float, body: bytes) -> None:
@@ -199,6 +201,9 @@ class RingWriter:
             w = self._words
             w[W_DROPPED] = w[W_DROPPED] + 1
             w[W_DROPPED_BYTES] = w[W_DROPPED_BYTES] + size
+            if self.on_first_drop is not None:
+                warn, self.on_first_drop = self.on_first_drop, None
+                warn()
             return
         self._overflow.append((kind, step, t, body, size))
         self._overflow_bytes += size

@@ -164,6 +164,12 @@ def _start(
     update_latest_link(s.root_dir, run_dir)
     ring = RingMap.create(default_ring_path(run_id, run_dir), s.ring_size)
     writer = RingWriter(ring, s.overflow_size, first_seq=first_seq)
+    writer.on_first_drop = lambda: print(
+        f"runstream: warning: the sidecar is not keeping up: the ring ({s.ring_size} bytes) and the "
+        f"overflow ({s.overflow_size} bytes) are full, so records are being dropped; they are counted "
+        "in summary _runstream/dropped_records and shown by runstream inspect",
+        file=sys.stderr,
+    )
     config = Config()
     config.update(prior_config, allow_val_change=True)
     config._allow_val_change = allow_val_change
@@ -245,7 +251,7 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         deadline = time.monotonic() + s.finish_timeout
         while not writer.drain_overflow() and time.monotonic() < deadline:
             time.sleep(0.001)
-        left = writer.abandon_overflow()  # what finish_timeout could not move: counted as dropped
+        writer.abandon_overflow()  # what finish_timeout could not move is counted as dropped
         writer.close()
         run._finished = True
         sup = run._sidecar
@@ -265,14 +271,15 @@ def finish_run(run: Run, exit_code: int | None) -> None:
     rows = run._step
     msg = f"run {run.name} ({run.id}) {'finished' if code == 0 else f'failed (exit code {code})'}: "
     msg += f"{rows} steps, {journaled} records journaled in {run.dir}"
-    if dropped or left:
+    if dropped:
         msg += f"; {dropped} records dropped (see runstream inspect)"
     if sidecar_code != 0:
         msg += (
             f"; the sidecar was still writing at the {s.finish_timeout:.0f}s finish timeout "
             f"(synced up to seq {synced}); it finishes in the background"
         )
-        print(f"runstream: warning: {msg}", file=sys.stderr)
+    if dropped or sidecar_code != 0:
+        print(f"runstream: warning: {msg}", file=sys.stderr)  # shown even when silent
     else:
         say(s, msg)
 
