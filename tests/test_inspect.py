@@ -29,7 +29,11 @@ def finished_run(tmp_path: Path) -> Any:
 
 def inspect(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "runstream.cli", "inspect", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "runstream.cli", "inspect", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

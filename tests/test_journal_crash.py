@@ -120,6 +120,27 @@ def test_crash_check_catches_a_writer_whose_fsync_does_not_persist() -> None:
             reopen_and_check(fs, ledger, set(range(1, w.synced_seq + 1)))
 
 
+@pytest.mark.parametrize(
+    "made", [["/data/runs"], ["/data/runs", "/data/runs/r1"], ["/data/runs", "/data/runs/r1", D]]
+)
+def test_directory_a_killed_writer_made_but_never_fsynced_becomes_durable(made: list[str]) -> None:
+    """A writer killed between mkdir and the parent's fsync leaves one entry that is not durable
+    (the deepest); the next writer relies on it, so it must make it durable."""
+    fs = new_fs()
+    for d in made[:-1]:
+        fs.mkdir(d)
+        fs.fsync_dir(d.rsplit("/", 1)[0])
+    fs.mkdir(made[-1])  # ... and killed here
+    ledger = Ledger()
+    w = JournalWriter(D, fs)
+    w.open()
+    b = ledger.batch([b"x"])
+    w.append(b.frame, b.first_seq, b.last_seq)
+    assert w.sync()
+    fs.crash(random.Random(0), "drop")
+    reopen_and_check(fs, ledger, {1})
+
+
 # --- a power cut in the middle of anything ----------------------------------------------------
 class Life:
     """A journal's life, scripted: create, append, group commit, rotate, write a marker, close,

@@ -56,28 +56,38 @@ def atomic_replace(fs: FileSystem, path: str, data: bytes) -> None:
 
 def make_dir_durable(fs: FileSystem, path: str) -> bool:
     """``mkdir -p path``, fsyncing the parent of every directory it creates so that the new
-    entries survive a power cut.  Returns whether ``path`` was created.
+    entries survive a power cut.  Returns whether anything was created.
 
-    A directory that already exists is left alone, even though a process killed between its
-    mkdir and the parent's fsync may have left its entry unsynced: callers that must be sure
-    fsync its parent themselves (``JournalWriter.open`` does).
+    It also fsyncs the parent of the deepest directory that was already there: a process killed
+    between a mkdir and the fsync that follows leaves exactly that entry not durable, and the
+    journal is about to rely on it.
     """
     path = os.path.normpath(path)
-    parent = _parent(path)
-    try:
-        fs.mkdir(path)
-    except FileExistsError:
-        return False
-    except FileNotFoundError:
-        if parent == path:  # the root (or a relative path's ".") cannot be missing; let it raise
-            raise
-        make_dir_durable(fs, parent)
+    missing: list[str] = []  # deepest first
+    existing = path
+    while True:
         try:
-            fs.mkdir(path)
-        except FileExistsError:  # created by someone else in between: theirs to make durable
-            return False
-    fs.fsync_dir(parent)
-    return True
+            fs.mkdir(existing)
+        except FileExistsError:
+            break
+        except FileNotFoundError:
+            parent = _parent(existing)
+            if parent == existing:  # the root (or a relative path's ".") cannot be missing
+                raise
+            missing.append(existing)
+            existing = parent
+            continue
+        fs.fsync_dir(_parent(existing))  # made it: its parent is the deepest that was there
+        existing = _parent(existing)
+        break
+    fs.fsync_dir(_parent(existing))
+    for d in reversed(missing):
+        try:
+            fs.mkdir(d)
+        except FileExistsError:  # made by someone else in between; durable all the same below
+            pass
+        fs.fsync_dir(_parent(d))
+    return existing != path
 
 
 def _parent(path: str) -> str:

@@ -245,9 +245,7 @@ class JournalWriter:
         if self._state != "new":
             raise ValueError("open() called twice")
         fs, directory = self._fs, self.directory
-        if not make_dir_durable(fs, directory):
-            # It predates us, maybe made by a writer killed before it fsynced the parent.
-            fs.fsync_dir(os.path.dirname(directory) or ".")
+        make_dir_durable(fs, directory)
         indexes = sorted(i for i in map(parse_segment_name, fs.listdir(directory)) if i is not None)
         last_seq = 0
         for n, index in enumerate(indexes):
