@@ -86,8 +86,7 @@ def make_dir_durable(fs: FileSystem, path: str) -> bool:
             fs.mkdir(d)
         except FileExistsError:  # made by someone else in between; durable all the same below
             pass
-        fs.fsync_dir(_parent(d))
-    return existing != path
+        return existing != path
 
 
 def _parent(path: str) -> str:
