@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ IDLE_SLEEP_MIN = 0.001
 IDLE_SLEEP_MAX = 0.02  # bounds how long a record waits in the ring when logging is sparse
 LIVENESS_EVERY = 0.2  # the producer's death is noticed within this
 FINAL_WRITE_TIMEOUT = 30.0  # at exit, how long to keep retrying a failing disk
+SUMMARY_BACKLOG = 64 << 20  # bytes of journaled batches waiting to be folded into the summary
+IDLE_SUMMARY_BUDGET = 0.005  # seconds of summary folding per idle pass
 
 
 class Sidecar:
@@ -84,6 +87,13 @@ class Sidecar:
         self._sync_task: asyncio.Future[Any] | None = None
         self._last_sync = time.monotonic()
         self._producer_ppid = opts.producer_pid
+        # The summary is folded from journaled batches while the sidecar is idle, so finish need
+        # not replay the whole journal.  Past the backlog bound (or when an earlier sidecar wrote
+        # part of the journal) it falls back to a replay at exit.
+        self.summary = RunState(keep_rows=False)
+        self._unsummarised: deque[bytes] = deque()
+        self._unsummarised_bytes = 0
+        self._summary_replay = self.journal.last_seq > 0
 
     # --- stage 3: batch -> frame -> journal ----------------------------------------------------
     def cut(self) -> None:
@@ -93,12 +103,30 @@ class Sidecar:
         payload = self.compressor.compress(batch.data)
         frame = encode_frame(TYPE_BATCH, CODEC_ZSTD, batch.first_seq, batch.last_seq, payload)
         self.journal.append(frame, batch.first_seq, batch.last_seq)
+        self._to_summarise(batch.data)
         self.reader.release()  # the journal has it now (on disk, or in its memory while disk fails)
         self.journaled += batch.count
         w = self.words
         w[W_JOURNALED] = self.journaled
         w[W_JOURNALED_SEQ] = self.journal.written_seq
         w[W_JOURNAL_ERRORS] = self.journal.errors
+
+    def _to_summarise(self, data: bytes) -> None:
+        if self._summary_replay:
+            return
+        self._unsummarised.append(data)
+        self._unsummarised_bytes += len(data)
+        if self._unsummarised_bytes > SUMMARY_BACKLOG:
+            self._summary_replay = True
+            self._unsummarised.clear()
+
+    def summarise(self, budget: float) -> None:
+        """Fold queued batches into the summary for at most ``budget`` seconds."""
+        deadline = time.monotonic() + budget
+        while self._unsummarised and time.monotonic() < deadline:
+            data = self._unsummarised.popleft()
+            self._unsummarised_bytes -= len(data)
+            self.summary.feed(rec.iter_records(data))
 
     def handle_control(self, records: list[rec.Record]) -> None:
         for r in records:
@@ -192,6 +220,7 @@ class Sidecar:
                 sleep = IDLE_SLEEP_MIN
                 await asyncio.sleep(0)
             else:
+                self.summarise(IDLE_SUMMARY_BUDGET)
                 await asyncio.sleep(sleep)
                 sleep = min(sleep * 2, IDLE_SLEEP_MAX)
         return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]))
@@ -237,14 +266,18 @@ class Sidecar:
         payload = self.compressor.compress(data)
         first = seq - len(out) + 1
         self.journal.append(encode_frame(TYPE_BATCH, CODEC_ZSTD, first, seq, payload), first, seq)
+        self._to_summarise(data)
 
     def write_summary(self) -> None:
         from runstream.reader import replay
         from runstream.rundir import write_json_atomic
 
         try:
-            state: RunState
-            state, _ = replay(self.run_dir, keep_rows=False)
+            if self._summary_replay:
+                state, _ = replay(self.run_dir, keep_rows=False)
+            else:
+                self.summarise(float("inf"))
+                state = self.summary
             write_json_atomic(self.run_dir / "files" / "summary.json", json_safe(state.summary))
         except OSError as e:
             log.warning("could not write summary.json: %s", e)
