@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .supervisor import SidecarSupervisor
 
 _time = time.time
+_ROW = rec.KIND_ROW  # a global lookup, not an attribute lookup, on the hot path
 
 
 def bad_value_error(data: Mapping[Any, Any], where: str = "log") -> TypeError:
@@ -224,7 +225,7 @@ class Run:
                 body = self._pack(data)
             except (TypeError, ValueError, OverflowError):
                 raise bad_value_error(data) from None
-            self._push(rec.KIND_ROW, self._step, _time(), body)
+            self._push(_ROW, self._step, _time(), body)
             self._last_body = body
             self._step += 1
             return
