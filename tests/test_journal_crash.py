@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import random
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -55,6 +56,7 @@ op_st = st.one_of(
     st.tuples(st.just("sync")),
     st.tuples(st.just("reopen")),
     st.tuples(st.just("kill")),
+    st.tuples(st.just("fault"), st.sampled_from(["write", "fsync", "fsync_dir", "create_excl", "truncate"])),
 )
 
 
@@ -67,33 +69,47 @@ op_st = st.one_of(
     rng=st.randoms(use_true_random=False),
 )
 def test_power_loss_at_any_point_keeps_everything_reported_synced(
-    ops: list[tuple[object, ...]], policy: str, segment_bytes: int, mode: str, rng: random.Random
+    ops: list[tuple[Any, ...]], policy: str, segment_bytes: int, mode: str, rng: random.Random
 ) -> None:
     fs = new_fs()
     ledger = Ledger()
     w = JournalWriter(D, fs, fsync=policy, segment_bytes=segment_bytes)  # type: ignore[arg-type]
     w.open()
+    alive: set[int] = set()  # records in the journal or held by its writer
     durable: set[int] = set()  # what the test itself knows was made durable
+    claimed = 0  # the highest synced_seq any writer reported
+    # Records a new writer finds only in pages a failed fsync dropped: they read back fine, so it
+    # must trust them (the documented limit), and nothing said about them is checked.
+    tainted: set[int] = set()
+    faulted = False
     for op in ops:
         if op[0] == "append":
-            b = ledger.batch(op[1], op[2])  # type: ignore[arg-type]
+            b = ledger.batch(op[1], op[2])
             w.append(b.frame, b.first_seq, b.last_seq)
-            if policy == "always":
-                durable |= set(range(1, b.last_seq + 1))
+            alive |= set(range(b.first_seq, b.last_seq + 1))
+            if policy == "always" and not faulted:
+                assert w.synced_seq == b.last_seq
         elif op[0] == "sync" and w.sync():
-            durable = set(ledger.by_seq)
+            durable = set(alive)
+            assert w.synced_seq == max(durable, default=0)
+        elif op[0] == "fault":
+            faulted = True
+            fs.fail(op[1], errno.ENOSPC, times=2, partial=3 if op[1] == "write" else None)
         elif op[0] in ("reopen", "kill"):
-            if op[0] == "reopen":
-                assert w.close()
-            else:
-                fs.kill()  # the sidecar died; the page cache did not: open() makes it durable
-            durable = set(ledger.by_seq)
+            if op[0] == "reopen" and w.close():
+                durable = set(alive)
+            elif op[0] == "kill":
+                fs.kill()  # frames only in its memory die with it; the page cache does not
+            poisoned = fs.has_lost_pages()
             w = JournalWriter(D, fs, fsync=policy, segment_bytes=segment_bytes)  # type: ignore[arg-type]
-            w.open()
-        assert w.synced_seq >= max(durable, default=0), "the writer claims less than it made durable"
-    claimed = set(range(1, w.synced_seq + 1))
+            w.open()  # the armed faults stay: open must ride them out
+            alive = set(ledger.check_subsequence(read_journal(D, fs).iter_records()))
+            if poisoned:
+                tainted |= alive
+            ledger.next_seq = w.last_seq + 1  # what a writer's successor would continue from
+        claimed = max(claimed, w.synced_seq)
     fs.crash(rng, mode)
-    reopen_and_check(fs, ledger, durable | claimed, policy)
+    reopen_and_check(fs, ledger, (durable | set(range(1, claimed + 1))) - tainted, policy)
 
 
 def test_crash_check_catches_a_writer_whose_fsync_does_not_persist() -> None:
@@ -106,15 +122,9 @@ def test_crash_check_catches_a_writer_whose_fsync_does_not_persist() -> None:
         w.open()
         b = ledger.batch([b"x"])
         w.append(b.frame, b.first_seq, b.last_seq)
-        if lie_about == "fsync":
-            fs.lying_fsync = True
-            assert w.sync()
-        else:
-            real_fsync_dir = fs.fsync_dir
-            fs.fsync_dir = lambda path: None  # type: ignore[method-assign]
-            assert w.sync()
-            fs.fsync_dir = real_fsync_dir  # type: ignore[method-assign]
-        fs.lying_fsync = False
+        setattr(fs, f"lying_{lie_about}", True)
+        assert w.sync()
+        setattr(fs, f"lying_{lie_about}", False)
         fs.crash(random.Random(0), "drop")
         with pytest.raises(AssertionError, match="reported synced were lost"):
             reopen_and_check(fs, ledger, set(range(1, w.synced_seq + 1)))
@@ -269,14 +279,21 @@ class JournalMachine(RuleBasedStateMachine):
     def retry(self) -> None:
         self.w.retry()
 
-    @rule(
-        op=st.sampled_from(["write", "fsync", "fsync_dir", "create_excl", "truncate"]),
-        err=st.sampled_from([errno.ENOSPC, errno.EIO]),
-        times=st.integers(1, 3),
-        partial=st.none() | st.integers(0, 50),
-    )
-    def inject_fault(self, op: str, err: int, times: int, partial: int | None) -> None:
-        self.fs.fail(op, err, times=times, partial=partial if op == "write" else None)
+    @rule(op=st.sampled_from(["fsync", "fsync_dir"]), times=st.integers(1, 3))
+    def fail_fsync(self, op: str, times: int) -> None:
+        if self.policy == "never":
+            # Not modelled: "never" keeps no copies to rewrite, so after a failed fsync nobody
+            # can tell, even after a reopen, which records a power cut would take.
+            return
+        self.fs.fail(op, errno.EIO, times=times)
+
+    @rule(err=st.sampled_from([errno.ENOSPC, errno.EIO]), times=st.integers(1, 3), partial=st.integers(0, 50))
+    def fail_write(self, err: int, times: int, partial: int) -> None:
+        self.fs.fail("write", err, times=times, partial=partial)
+
+    @rule(op=st.sampled_from(["create_excl", "truncate"]))
+    def fail_other(self, op: str) -> None:
+        self.fs.fail(op, errno.ENOSPC, times=2)
 
     @rule()
     def close_and_reopen(self) -> None:
@@ -288,7 +305,7 @@ class JournalMachine(RuleBasedStateMachine):
 
     # Killed while holding frames in memory, the writer loses them (the page cache copy may be in a
     # segment whose fsync failed); so a kill is modelled only when nothing is held.
-    @precondition(lambda self: self.w.pending_bytes == 0)
+    @precondition(lambda self: self.w.pending_bytes == 0 and not self.w.degraded)
     @rule()
     def kill_and_reopen(self) -> None:
         self.fs.faults.clear()
@@ -316,6 +333,6 @@ class JournalMachine(RuleBasedStateMachine):
 
 
 JournalMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=200, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_journal_state_machine = JournalMachine.TestCase

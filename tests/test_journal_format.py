@@ -212,6 +212,29 @@ def test_reader_returns_each_record_once_when_frames_were_rewritten() -> None:
     assert (reader.duplicate_records, reader.frames, reader.records) == (1, 4, 5)
 
 
+def test_reader_returns_a_record_whose_only_copy_is_a_rewrite_behind_newer_frames() -> None:
+    """A segment whose fsync failed may keep a later frame and lose an earlier one, whose only
+    surviving copy is then the rewrite in the next segment: seq order, not file order, rules."""
+    a, b, c = make_batch(1, [b"1"]), make_batch(2, [b"2"]), make_batch(3, [b"3"])
+    lost_a = bytes(len(a.frame))  # zeros where the failed pages were
+    reader = read_journal(D, journal_of(lost_a + b.frame, a.frame + b.frame + c.frame))
+    assert [r.seq for r in reader.iter_records()] == [1, 2, 3]
+    assert (reader.duplicate_records, reader.skipped_bytes) == (1, len(a.frame))
+
+
+def test_reader_skips_frames_that_changed_after_it_indexed_them() -> None:
+    """Frames are read twice (index, then load); one cut away in between (a writer truncating a
+    torn tail, say) is skipped, not trusted from the first read."""
+    a, b = make_batch(1, [b"1"]), make_batch(2, [b"2"])
+    fs = journal_of(a.frame + b.frame)
+    reader = read_journal(D, fs)
+    frames = reader.iter_frames()
+    assert next(frames).first_seq == 1
+    fs.overwrite(f"{D}/seg-000001.rsj", a.frame)
+    assert list(frames) == []
+    assert reader.bad_frames == 1
+
+
 def test_reader_of_missing_directory_is_an_empty_journal(tmp_path: Path) -> None:
     reader = read_journal(tmp_path / "nope")
     assert list(reader.iter_records()) == []

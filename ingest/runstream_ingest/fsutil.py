@@ -12,7 +12,7 @@ import os
 
 from .fileio import FileSystem
 
-__all__ = ["atomic_replace", "make_dir_durable", "write_all"]
+__all__ = ["atomic_replace", "make_dir_durable", "make_dirs", "write_all"]
 
 
 def write_all(fs: FileSystem, fd: int, data: bytes | memoryview) -> None:
@@ -86,7 +86,26 @@ def make_dir_durable(fs: FileSystem, path: str) -> bool:
             fs.mkdir(d)
         except FileExistsError:  # made by someone else in between; durable all the same below
             pass
-        return existing != path
+        fs.fsync_dir(_parent(d))
+    return existing != path
+
+
+def make_dirs(fs: FileSystem, path: str) -> None:
+    """``mkdir -p path`` with no fsync: the fallback when the fsyncs of ``make_dir_durable`` fail
+    and the caller would rather work without durability than not at all."""
+    path = os.path.normpath(path)
+    try:
+        fs.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        if _parent(path) == path:
+            raise
+        make_dirs(fs, _parent(path))
+        try:
+            fs.mkdir(path)
+        except FileExistsError:
+            pass
 
 
 def _parent(path: str) -> str:

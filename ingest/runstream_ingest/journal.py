@@ -13,19 +13,20 @@ Layout (docs/journal-format.md has the byte-level grammar)
     A journal is a directory of segment files ``seg-000001.rsj``, ``seg-000002.rsj``, ... read
     in numeric order.  A segment is a run of self-delimiting frames: a 32-byte header (magic,
     version, type, codec, length, CRC-32C, first and last record seq) and a payload.  Nothing
-    else is in a segment: no file header, no index, no footer, so any prefix of a segment is a
-    valid segment and any byte range can be skipped by searching for the next magic.
+    else is in a segment: no file header, no index, no footer, so a segment cut short still reads
+    as the frames it holds whole, and any byte range can be skipped by searching for the magic.
 
 Invariants
     * Frames reach files in ``append`` order.  A frame is written whole or undone: a partial
       write is truncated away, and if that fails the segment is abandoned for a fresh one.
     * A frame counts as synced only once an ``fsync`` that started after it was written
       succeeded, on its segment and (for a new segment) on the directory.
-    * A failed fsync is never retried on the same file: after EIO the kernel may have dropped
-      the dirty pages, and a second fsync would "succeed" over a hole.  Every frame not yet
-      covered by a good fsync is therefore kept in memory (``unsynced``) and, when an fsync
-      fails, rewritten into a fresh segment.  The same frame may so appear twice in a journal;
-      the reader keeps the first copy of every record seq.
+    * A failed fsync is never trusted on retry: after EIO the kernel may have dropped the dirty
+      pages, and a second fsync of the same file would "succeed" over a hole.  Every frame not
+      yet covered by a good fsync is therefore kept in memory (``unsynced``) and, when an fsync
+      fails, rewritten into a fresh segment, whose fsync is the one that counts.  The same frame may so appear twice in a journal,
+      and a rewrite may follow newer frames that survived; the reader takes frames in seq
+      order and returns each record once.
     * Records carry seqs that grow by one; the journal only needs them to be increasing across
       frames, and never looks inside a payload.
 
@@ -41,7 +42,12 @@ Sync flow (``sync``, on one worker thread, "group commit")
     segment).  Without the lock: fsync the directory and the dirty segments.  Under the lock
     again: on success, drop the covered frames from memory and advance ``synced_seq``; on
     failure, close every open segment, put the unsynced frames back at the head of the pending
-    queue, and (once per call) write them into a fresh segment and fsync that.
+    queue, and (once per call) write them into a fresh segment and fsync that.  If that fails
+    too, the writer is *degraded*: rewriting on every call would only multiply the data on a
+    disk that cannot sync, so it keeps appending where it is, holds at most half its memory
+    budget of frames for a later rewrite (older ones are let go and never reported synced),
+    and each ``sync`` only probes with an fsync.  When a probe succeeds, what is held is
+    rewritten once into a fresh segment, and that segment's fsync is the one trusted.
 
 Recovery flow (``open``)
     List the segments; scan each one, frame by frame, resyncing over damage as the reader does;
@@ -49,6 +55,17 @@ Recovery flow (``open``)
     torn by a crash); fsync every segment and the directory, since a writer killed before its
     group commit may have left them dirty; continue appending to the last segment.  So after
     ``open``, everything the journal holds is durable: ``synced_seq == written_seq == last_seq``.
+    Unless an fsync fails (or a segment cannot be read): then nothing from the lowest seq it
+    covered on is reported synced by this writer, as it holds no copy to rewrite, and a segment
+    whose fsync failed is not appended to.
+
+Limits
+    * One writer per journal directory at a time; the caller (the sidecar) must ensure it.
+    * A writer killed while it holds frames in memory (pending on a full disk, or waiting to be
+      rewritten after a failed fsync) loses them.  Worse, after a failed fsync the abandoned
+      segment still reads back fine from the page cache, so the next ``open`` counts its frames
+      as durable although a power cut may turn them into zeros: Linux does not report a
+      writeback error, once reported, to descriptors opened later.
 """
 
 from __future__ import annotations
@@ -66,7 +83,7 @@ from typing import Literal, NamedTuple
 from runstream.records import crc32c
 
 from .fileio import FileSystem, OsFileSystem
-from .fsutil import make_dir_durable
+from .fsutil import make_dir_durable, make_dirs
 
 __all__ = [
     "CODEC_NONE",
@@ -165,6 +182,7 @@ class _Segment:
 @dataclass
 class _SyncPlan:
     segments: list[tuple[_Segment, int]]  # each dirty segment and the size the fsync covers
+    closed: list[str]  # dirty segments already closed ("never"): fsynced through a new descriptor
     dir_gen: int | None  # the directory generation an fsync_dir covers, None if clean
     frames: int  # how many of the unsynced frames are covered
     seq: int  # written_seq when planned
@@ -183,13 +201,15 @@ class JournalWriter:
     read from any thread.
 
     I/O errors never escape ``append``, ``sync``, ``retry`` or ``close``: they are logged once per
-    streak, counted in ``errors`` and kept in ``last_error``; ``open`` does raise OSError (no
-    journal directory is a configuration problem the caller must see).  Misuse (appending before
+    streak, counted in ``errors`` and kept in ``last_error``.  ``open`` raises OSError only when
+    the directory cannot be created or listed; it rides out failing fsyncs and unreadable
+    segments, reporting synced only what it could make durable.  Misuse (appending before
     ``open`` or after ``close``, a frame that disagrees with its seqs) raises ValueError.
 
     ``fsync``: "group": the caller runs ``sync()`` about once a second and at close; "always":
     ``append`` fsyncs before it returns; "never": only ``close`` fsyncs, and frames are not kept in
-    memory for a rewrite (nothing is promised before close).
+    memory for a rewrite, so nothing is promised before close, and after a failed fsync nothing
+    written before it is ever reported synced (``sync``/``close`` return False).
     """
 
     def __init__(
@@ -212,13 +232,19 @@ class JournalWriter:
         self._state: Literal["new", "open", "closed"] = "new"
         self._current: _Segment | None = None
         self._retiring: list[_Segment] = []  # rotated or abandoned, still open: to fsync and close
+        self._closed_dirty: list[str] = []  # "never" closes full segments unsynced: fsync by path
+        # Seqs from here on may be lost for good and are not held in memory to rewrite (a failed
+        # fsync with "never", or at open): synced_seq must never reach it.
+        self._doubtful_from: int | None = None
         self._next_index = 1
-        self._dir_gen = 0  # bumped per segment created; the directory is dirty while ahead of:
+        # Bumped per segment created: the directory needs an fsync while it is ahead of the other.
+        self._dir_gen = 0
         self._dir_synced_gen = 0
         self._pending: deque[_Frame] = deque()  # not yet written, in append order
         self._unsynced: deque[_Frame] = deque()  # written, not yet covered by a good fsync
         self._failing = False  # inside a streak of errors (logged once)
         self._sync_failed = False  # the streak includes a failed fsync: only a good one ends it
+        self._degraded = False  # fsync failed twice in a row: probe before rewriting again
         self.pending_bytes = 0
         self.retained_bytes = 0
         self.frames_written = 0  # frame writes, rewrites after a failed fsync included
@@ -232,50 +258,85 @@ class JournalWriter:
         self.lost_records = 0  # records close() could not get onto disk
 
     @property
+    def degraded(self) -> bool:
+        """fsync failed twice in a row: records are written but not made durable, and a sync only
+        probes the disk until it works again."""
+        return self._degraded
+
+    @property
     def over_limit(self) -> bool:
         """Memory held for a failing disk exceeds ``memory_limit``: stop feeding the writer."""
         return self.pending_bytes + self.retained_bytes > self.memory_limit
 
     # --- open / recovery -----------------------------------------------------------------------
     def open(self) -> None:
-        """Create the journal directory, or recover an existing one (see the design note)."""
-        # journal_reader imports this module's format constants, hence the late import.
-        from .journal_reader import ScannedFrame, scan_segment
+        """Create the journal directory, or recover an existing one (see the design note).
 
+        Raises OSError only when the directory cannot be created or listed.  A failed fsync here
+        is logged and counted like any other, and what it covered is never reported synced.
+        (No other thread uses the writer yet, so the ``_locked`` helpers run without the lock.)"""
         if self._state != "new":
             raise ValueError("open() called twice")
         fs, directory = self._fs, self.directory
-        make_dir_durable(fs, directory)
+        try:
+            make_dir_durable(fs, directory)
+        except OSError as e:
+            make_dirs(fs, directory)  # raises if the directory cannot exist at all
+            self._error_locked("fsync", directory, e)
+            self._doubt(1)  # its name may not survive a power cut, nor anything in it
         indexes = sorted(i for i in map(parse_segment_name, fs.listdir(directory)) if i is not None)
-        last_seq = 0
+        last_seq, lowest = 0, None
         for n, index in enumerate(indexes):
             path = os.path.join(directory, segment_name(index))
-            end = 0
-            for item in scan_segment(fs, path):
-                if isinstance(item, ScannedFrame):
-                    end = item.offset + HEADER_SIZE + item.header.payload_len
-                    if item.header.type == TYPE_BATCH:
-                        last_seq = max(last_seq, item.header.last_seq)
+            try:
+                seg = _recovery_scan(fs, path)
+            except OSError as e:  # unreadable: its seqs are unknown, and it is never appended to
+                self._error_locked("read", path, e)
+                self._doubt(1)
+                continue
+            last_seq = max(last_seq, seg.highest)
+            if seg.lowest is not None:
+                lowest = seg.lowest if lowest is None else min(lowest, seg.lowest)
+            try:
+                _fsync_path(fs, path)  # a writer killed before its group commit leaves dirty pages
+            except OSError as e:
+                self._error_locked("fsync", path, e)
+                self._doubt(seg.lowest)
+                continue  # never trusted again: not even to append to
             if n == len(indexes) - 1:
-                fd = fs.open_append(path)
-                try:
-                    fs.truncate(fd, end)  # a torn or garbage tail: nothing valid follows ``end``
-                    fs.fsync(fd)
-                except BaseException:
-                    fs.close(fd)
-                    raise
-                self._current = _Segment(index, path, fd, end, end)
-            else:
-                fd = fs.open_read(path)
-                try:
-                    fs.fsync(fd)
-                finally:
-                    fs.close(fd)
-        fs.fsync_dir(directory)
+                self._current = self._reuse_last(index, path, seg.end, seg.size)
+        try:
+            fs.fsync_dir(directory)
+        except OSError as e:
+            self._error_locked("fsync", directory, e)
+            self._doubt(lowest)
         self._next_index = indexes[-1] + 1 if indexes else 1
         self.segments = len(indexes)
-        self.last_seq = self.written_seq = self.synced_seq = last_seq
+        self.last_seq = self.written_seq = last_seq
+        self.synced_seq = last_seq if self._doubtful_from is None else min(last_seq, self._doubtful_from - 1)
         self._state = "open"
+
+    def _reuse_last(self, index: int, path: str, end: int, size: int) -> _Segment | None:
+        """Continue in the last segment, cutting off a torn tail first; None if that fails (the
+        next append then starts a fresh segment)."""
+        fd = None
+        try:
+            fd = self._fs.open_append(path)
+            if end < size:
+                self._fs.truncate(fd, end)  # nothing valid follows ``end``
+                self._fs.fsync(fd)
+        except OSError as e:
+            self._error_locked("reopen", path, e)
+            if fd is not None:
+                self._close_quietly(fd)
+            return None
+        return _Segment(index, path, fd, end, end)
+
+    def _doubt(self, seq: int | None) -> None:
+        """Records from ``seq`` on may not be durable and are not held in memory: never report
+        them synced (until a reopen finds them fsynced)."""
+        if seq is not None:
+            self._doubtful_from = seq if self._doubtful_from is None else min(self._doubtful_from, seq)
 
     # --- append / retry ------------------------------------------------------------------------
     def append(self, frame: bytes, first_seq: int, last_seq: int) -> None:
@@ -308,44 +369,69 @@ class JournalWriter:
 
     # --- sync ----------------------------------------------------------------------------------
     def sync(self) -> bool:
-        """Group commit: make every frame appended so far durable.  True when that worked; on
-        False the frames stay in memory and a later ``sync`` tries again (in a fresh segment if
-        an fsync failed).  Safe to run on a worker thread alongside ``append``."""
+        """Group commit: make every frame appended before the call durable.  True when that
+        worked; on False the frames stay in memory and a later ``sync`` tries again (in a fresh
+        segment if an fsync failed).  Safe to run on a worker thread alongside ``append``."""
         with self._sync_mutex:
             with self._lock:
                 self._check_open()
             return self._sync_serialized()
 
     def _sync_serialized(self) -> bool:
-        # Two rounds at most: the second writes the frames a failed fsync put back into a fresh
-        # segment and fsyncs that.  Beyond that the caller's next sync() retries.
-        for _ in range(2):
+        # Round two exists for the frames a failed fsync put back in the queue: it writes them
+        # into a fresh segment and fsyncs that.  After two failures in a row the writer is
+        # degraded: later calls only probe (fsync what is open) until the disk answers again.
+        for round_ in range(2):
             with self._lock:
                 self._flush_locked()
                 plan = self._plan_locked()
-            failed: tuple[str, OSError] | None = None
-            failed_path = self.directory
-            try:
-                if plan.dir_gen is not None:
-                    self._fs.fsync_dir(self.directory)
-                for seg, _size in plan.segments:
-                    failed_path = seg.path
-                    self._fs.fsync(seg.fd)
-            except OSError as e:
-                failed = (failed_path, e)
+            failure = self._fsync_plan(plan)
             with self._lock:
-                if failed is None:
+                if failure is None and self._degraded:
+                    # The disk answers again (or nothing was open to probe with), but pages from
+                    # before the failures may be gone: rewrite what is held into a fresh segment
+                    # and trust that fsync instead.
+                    self._degraded = False
+                    self._abandon_locked()
+                    continue
+                if failure is None:
                     self._synced_locked(plan)
-                    return not self._pending
-                self._fsync_failed_locked(*failed)
+                    return not self._pending and self._doubtful_from is None
+                self._sync_failed = True
+                self._error_locked("fsync", *failure)
                 if self.policy == "never":
-                    return False  # nothing kept to rewrite: what was written is not durable
+                    self._abandon_locked()
+                    self._doubt(self.synced_seq + 1)  # nothing kept to rewrite
+                    return False
+                if self._degraded or round_ == 1:
+                    # Rewriting on every call would only multiply the data on a disk that cannot
+                    # make anything durable: keep appending where we are, and wait.
+                    self._degraded = True
+                    self._shed_locked()
+                    return False
+                self._abandon_locked()
         return False
+
+    def _fsync_plan(self, plan: _SyncPlan) -> tuple[str, OSError] | None:
+        """Run a plan's fsyncs (without the state lock); the path and error of a failure."""
+        path = self.directory
+        try:
+            if plan.dir_gen is not None:
+                self._fs.fsync_dir(path)
+            for seg, _size in plan.segments:
+                path = seg.path
+                self._fs.fsync(seg.fd)
+            for path in plan.closed:
+                _fsync_path(self._fs, path)
+        except OSError as e:
+            return path, e
+        return None
 
     def _plan_locked(self) -> _SyncPlan:
         segs = [*self._retiring, *([self._current] if self._current else [])]
         return _SyncPlan(
             segments=[(s, s.size) for s in segs if s.size > s.synced],
+            closed=list(self._closed_dirty),
             dir_gen=self._dir_gen if self._dir_gen != self._dir_synced_gen else None,
             frames=len(self._unsynced),
             seq=self.written_seq,
@@ -356,9 +442,11 @@ class JournalWriter:
             seg.synced = max(seg.synced, size)
         if plan.dir_gen is not None:
             self._dir_synced_gen = max(self._dir_synced_gen, plan.dir_gen)
+        del self._closed_dirty[: len(plan.closed)]
         for _ in range(plan.frames):
             self.retained_bytes -= len(self._unsynced.popleft().data)
-        self.synced_seq = max(self.synced_seq, plan.seq)
+        seq = plan.seq if self._doubtful_from is None else min(plan.seq, self._doubtful_from - 1)
+        self.synced_seq = max(self.synced_seq, seq)
         self._sync_failed = False
         self._maybe_recovered_locked()
         # Segments that were rotated out and are now fully synced have no further use.
@@ -370,20 +458,30 @@ class JournalWriter:
                 keep.append(seg)
         self._retiring = keep
 
-    def _fsync_failed_locked(self, path: str, err: OSError) -> None:
-        self._sync_failed = True
-        self._error_locked("fsync", path, err)
-        # Trust none of the open segments again: close them all and continue in a fresh one.
-        # We hold the sync mutex, so no fsync is using these descriptors.
+    def _abandon_locked(self) -> None:
+        """Trust none of the open segments again: close them all (we hold the sync mutex, so no
+        fsync is using them) and put every unsynced frame back at the head of the queue, for
+        the next flush to rewrite into a fresh segment."""
         for seg in [*self._retiring, *([self._current] if self._current else [])]:
             self._close_quietly(seg.fd)
         self._retiring, self._current = [], None
-        if self.policy != "never":
-            self._pending.extendleft(reversed(self._unsynced))
-            self.pending_bytes += self.retained_bytes
-            self.retained_bytes = 0
-            self._unsynced.clear()
-            self.written_seq = self.synced_seq
+        if self.policy == "never":
+            self._closed_dirty.clear()
+            return
+        self._pending.extendleft(reversed(self._unsynced))
+        self.pending_bytes += self.retained_bytes
+        self.retained_bytes = 0
+        self._unsynced.clear()
+        self.written_seq = self.synced_seq
+
+    def _shed_locked(self) -> None:
+        """While degraded, hold at most half the memory budget for a rewrite: older frames are
+        let go (they are in the journal, just not known to be durable) so that a disk which can
+        never sync does not stop the sidecar; they are then never reported synced."""
+        while self.retained_bytes > self.memory_limit // 2:
+            frame = self._unsynced.popleft()
+            self.retained_bytes -= len(frame.data)
+            self._doubt(frame.first_seq)
 
     # --- close ---------------------------------------------------------------------------------
     def close(self) -> bool:
@@ -408,7 +506,7 @@ class JournalWriter:
                         self.pending_bytes,
                     )
                 self._state = "closed"
-                return ok and not self.lost_records
+                return ok and not self.lost_records and self._doubtful_from is None
 
     def __enter__(self) -> JournalWriter:
         self.open()
@@ -516,10 +614,13 @@ class JournalWriter:
             with self._lock:
                 keep = []
                 for seg in self._retiring:
-                    if seg.synced >= seg.size or self.policy == "never":
-                        self._close_quietly(seg.fd)
-                    else:
+                    if seg.synced < seg.size and self.policy == "never":
+                        self._closed_dirty.append(seg.path)  # fsynced by path at close
+                    elif seg.synced < seg.size and not self._degraded:
                         keep.append(seg)
+                        continue
+                    # (Degraded, only the copies held in memory will be trusted, once rewritten.)
+                    self._close_quietly(seg.fd)
                 self._retiring = keep
         finally:
             self._sync_mutex.release()
@@ -530,3 +631,36 @@ class JournalWriter:
             self._fs.close(fd)
         except OSError:
             pass
+
+
+class _Recovered(NamedTuple):
+    end: int  # end of the last valid frame
+    size: int
+    lowest: int | None  # lowest and highest record seq in its BATCH frames
+    highest: int
+
+
+def _recovery_scan(fs: FileSystem, path: str) -> _Recovered:
+    # journal_reader imports this module's format constants, hence the late import.
+    from .journal_reader import ScannedFrame, scan_segment
+
+    end = size = highest = 0
+    lowest: int | None = None
+    for item in scan_segment(fs, path):
+        if isinstance(item, ScannedFrame):
+            end = size = item.offset + HEADER_SIZE + item.header.payload_len
+            if item.header.type == TYPE_BATCH:
+                highest = max(highest, item.header.last_seq)
+                first = item.header.first_seq
+                lowest = first if lowest is None else min(lowest, first)
+        else:
+            size = item.offset + item.length
+    return _Recovered(end, size, lowest, highest)
+
+
+def _fsync_path(fs: FileSystem, path: str) -> None:
+    fd = fs.open_read(path)
+    try:
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)

@@ -1,20 +1,24 @@
-"""Reading a journal back: frames in order across segments, records deduplicated by seq.
+"""Reading a journal back: frames in seq order, records deduplicated by seq.
 
 A journal on disk may hold anything a crash or a failing disk leaves behind: a torn frame at the
 end of a segment, a garbage tail, flipped bits, zeroed ranges, frames written twice (a frame is
-rewritten into a fresh segment after a failed fsync).  The reader's rules (docs/journal-format.md,
-"Reading") are:
+rewritten into a fresh segment after a failed fsync), and so frames out of seq order (a failed
+segment may keep a later frame and lose an earlier one, whose only copy is then in the
+rewrite).  The reader's rules (docs/journal-format.md, "Reading") are:
 
 * A frame is trusted only when its magic, version, length bound and CRC-32C all check out; then
   its payload is decompressed under a size bound.
 * Anything else is damage: advance ONE byte and search for the next magic.  So damage costs the
   frames it touches and nothing more, and a record is never returned unless it was written.
-* Records come out in journal order; one whose seq is not above the highest already returned is
-  a duplicate (from a rewrite) and is skipped.
+* Frames are taken in order of their first seq (journal order among equals), and a record whose
+  seq is not above the highest already returned is a duplicate and is skipped.  So records come
+  out once each, in strictly increasing seq, wherever their surviving copy lies.
 * Damaged input never raises.  An I/O error reading a segment ends that segment (counted in
   ``read_errors``); a missing directory is an empty journal.
 
-Segments are read in chunks, so memory stays at about one chunk plus the largest frame.
+Reading is two passes: the first scans every segment in chunks, validating frames and keeping a
+small index entry per frame (seqs, place); the second reads the chosen frames one at a time, in
+seq order, checking them again.  Memory is about one chunk, one frame and the index.
 
 Concurrency contract: a ``JournalReader`` belongs to one thread.  Reading a journal that a writer
 is appending to is safe and sees a prefix of it (a frame being written looks like a torn tail).
@@ -182,6 +186,17 @@ def _dctx() -> zstandard.ZstdDecompressor:
     return zstandard.ZstdDecompressor()
 
 
+class _Entry(NamedTuple):
+    first_seq: int
+    position: int  # in journal order: ties in first_seq keep it
+    last_seq: int
+    codec: int
+    crc: int
+    segment: str
+    offset: int
+    payload_len: int
+
+
 class JournalReader:
     """Iterate a journal; health figures fill in as iteration proceeds and are complete once it
     ends.  Each ``iter_frames``/``iter_records`` call re-reads the journal from the start."""
@@ -202,7 +217,8 @@ class JournalReader:
         self.skipped_bytes = 0  # bytes in no valid frame (torn tails included)
         self.damaged_regions = 0  # runs of such bytes
         self.torn_tail_bytes = 0  # the part of skipped_bytes that ends a segment
-        self.bad_frames = 0  # CRC-valid frames whose payload did not decode (a writer bug)
+        # Frames that scanned valid but did not decode (a writer bug) or changed before reread.
+        self.bad_frames = 0
         self.unknown_frames = 0  # valid frames of a type this reader does not know: skipped
         self.read_errors = 0  # segments cut short by an I/O error
 
@@ -222,31 +238,73 @@ class JournalReader:
         return [n for _, n in sorted(indexed)]
 
     def iter_frames(self) -> Iterator[Frame]:
-        """Every valid BATCH frame, decompressed, in journal order (rewritten copies included)."""
+        """Every valid BATCH frame, decompressed, in seq order (rewritten copies included)."""
         self._reset()
+        # By first seq, then journal position (a rewrite may have landed behind newer frames);
+        # timsort makes this linear for the usual, already ordered, journal.
+        index = sorted(self._index())
+        fds: dict[str, int] = {}
+        try:
+            for e in index:
+                raw = self._read_frame(fds, e)
+                batch = None if raw is None else decode_payload(e.codec, memoryview(raw)[HEADER_SIZE:])
+                if batch is None:
+                    # The CRC vouched for the frame's extent in the first pass, so skip it whole:
+                    # resyncing inside it could only find frames that are data in its payload.
+                    self.bad_frames += 1
+                    self._damage(HEADER_SIZE + e.payload_len, False)
+                    continue
+                self.frames += 1
+                yield Frame(e.first_seq, e.last_seq, TYPE_BATCH, e.codec, batch, e.segment, e.offset)
+        finally:
+            self._close_all(fds)
+
+    def _close_all(self, fds: dict[str, int]) -> None:
+        for fd in fds.values():
+            try:
+                self._fs.close(fd)
+            except OSError:
+                pass
+        fds.clear()
+
+    def _index(self) -> list[_Entry]:
+        """First pass: validate every segment, count damage, list the BATCH frames."""
         names = self.segment_names()
         self.segments = len(names)
+        index: list[_Entry] = []
         for name in names:
             try:
                 for item in scan_segment(self._fs, os.path.join(self.directory, name), self._chunk):
                     if isinstance(item, Damage):
                         self._damage(item.length, item.tail)
-                        continue
-                    h = item.header
-                    if h.type != TYPE_BATCH:
+                    elif item.header.type != TYPE_BATCH:
                         self.unknown_frames += 1
-                        continue
-                    batch = decode_payload(h.codec, item.payload)
-                    if batch is None:
-                        # The CRC vouches for the frame's extent, so skip it whole: resyncing
-                        # inside it could only find frames that are data in its payload.
-                        self.bad_frames += 1
-                        self._damage(HEADER_SIZE + h.payload_len, False)
-                        continue
-                    self.frames += 1
-                    yield Frame(h.first_seq, h.last_seq, h.type, h.codec, batch, name, item.offset)
+                    else:
+                        h = item.header
+                        place = (name, item.offset, h.payload_len)
+                        index.append(_Entry(h.first_seq, len(index), h.last_seq, h.codec, h.crc, *place))
             except OSError:
                 self.read_errors += 1
+        return index
+
+    def _read_frame(self, fds: dict[str, int], e: _Entry) -> bytes | None:
+        """Second pass: one indexed frame, or None if it no longer checks out (a writer cut it
+        away as a torn tail since, or the disk returns something else now)."""
+        try:
+            if e.segment not in fds:
+                self._close_all(fds)  # one open at a time: frames mostly come segment by segment
+                fds[e.segment] = self._fs.open_read(os.path.join(self.directory, e.segment))
+            raw = self._fs.read_at(fds[e.segment], HEADER_SIZE + e.payload_len, e.offset)
+        except OSError:
+            self.read_errors += 1
+            return None
+        if (
+            len(raw) != HEADER_SIZE + e.payload_len
+            or raw[:4] != MAGIC
+            or frame_crc(raw, e.payload_len) != e.crc
+        ):
+            return None
+        return raw
 
     def iter_records(self) -> Iterator[records.Record]:
         """Every record once, in seq order, however many copies of its frame the journal holds."""

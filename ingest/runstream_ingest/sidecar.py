@@ -40,9 +40,11 @@ import yaml
 from runstream import records as rec
 from runstream.reader import RunState, json_safe
 from runstream.ring import (
+    W_ACKED_SEQ,
     W_CLOSED,
     W_DROPPED,
     W_DROPPED_BYTES,
+    W_FIRST_SEQ,
     W_HEAD,
     W_JOURNAL_ERRORS,
     W_JOURNALED,
@@ -59,6 +61,7 @@ from runstream.ring import (
 from .batcher import Batcher, Compressor
 from .journal import CODEC_ZSTD, TYPE_BATCH, JournalWriter, encode_frame
 from .ring_reader import RingReader
+from .shipper import Identity, Shipper
 
 log = logging.getLogger("runstream.sidecar")
 
@@ -78,6 +81,7 @@ class Sidecar:
         self.journal = JournalWriter(run_dir / "journal", fsync=opts.fsync, memory_limit=opts.memory)
         self.journal.open()
         self.reader = RingReader(ring, after_seq=self.journal.last_seq)
+        self._next_seq = self.journal.last_seq + 1 if self.journal.last_seq else ring_first_seq(ring)
         self.batcher = Batcher(opts.batch_bytes, opts.batch_age)
         self.compressor = Compressor(opts.zstd_level)
         self.config: dict[str, Any] = {}
@@ -85,7 +89,7 @@ class Sidecar:
         self.journaled = 0
         self._sync_task: asyncio.Future[Any] | None = None
         self._last_sync = time.monotonic()
-        self._producer_ppid = opts.producer_pid
+        self._initial_ppid = os.getppid()
         # The summary is folded from journaled batches while the sidecar is idle, so finish need
         # not replay the whole journal.  Past the backlog bound (or when an earlier sidecar wrote
         # part of the journal) it falls back to a replay at exit.
@@ -93,6 +97,22 @@ class Sidecar:
         self._unsummarised: deque[bytes] = deque()
         self._unsummarised_bytes = 0
         self._summary_replay = self.journal.last_seq > 0
+        self.shipper: Shipper | None = None
+        if opts.url:
+            ident = Identity(opts.entity, opts.project, opts.run_id, opts.writer_id, opts.resume)
+            self.shipper = Shipper(
+                run_dir, ident, opts.url, os.environ.get("RUNSTREAM_API_KEY"), on_acked=self._acked
+            )
+
+    def _lost_gap(self, first_seq: int) -> None:
+        """Records below ``first_seq`` are neither in the journal nor in the ring: an earlier
+        sidecar held them in memory for a failing disk and was killed.  Counted, never silent."""
+        lost = first_seq - self._next_seq
+        log.error("records %d..%d were lost with an earlier sidecar", self._next_seq, first_seq - 1)
+        self.words[W_SIDECAR_LOST] = self.words[W_SIDECAR_LOST] + lost
+
+    def _acked(self, seq: int) -> None:
+        self.words[W_ACKED_SEQ] = seq
 
     # --- stage 3: batch -> frame -> journal ----------------------------------------------------
     def cut(self) -> None:
@@ -103,6 +123,8 @@ class Sidecar:
         frame = encode_frame(TYPE_BATCH, CODEC_ZSTD, batch.first_seq, batch.last_seq, payload)
         self.journal.append(frame, batch.first_seq, batch.last_seq)
         self._to_summarise(batch.data)
+        if self.shipper is not None:
+            self.shipper.wake()
         self.reader.release()  # the journal has it now (on disk, or in its memory while disk fails)
         self.journaled += batch.count
         w = self.words
@@ -152,6 +174,10 @@ class Sidecar:
             return 0
         n = 0
         for span in self.reader.poll(max(self.batcher.room(), 64 * 1024)):
+            if span.count and span.first_seq > self._next_seq:
+                self._lost_gap(span.first_seq)
+            if span.count:
+                self._next_seq = span.last_seq + 1
             self.batcher.add(span)
             n += span.count
             if span.control:
@@ -163,7 +189,9 @@ class Sidecar:
         return n
 
     def producer_alive(self) -> bool:
-        if self._producer_ppid and os.getppid() != self._producer_ppid:
+        # Reparenting is the instant signal that the producer (our parent) died.  Under a wrapper
+        # (strace, fiu-run) the parent is the wrapper, so compare with the parent we started with.
+        if os.getppid() != self._initial_ppid:
             return False
         pid = self.ring.producer_pid
         try:
@@ -198,6 +226,7 @@ class Sidecar:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.words[W_SIDECAR_PID] = os.getpid()
+        shipping = asyncio.create_task(self.shipper.run()) if self.shipper else None
         next_check = 0.0
         producer_gone = False
         while True:
@@ -221,9 +250,11 @@ class Sidecar:
                 # the sidecar off the training process's core; the batch age bounds latency.
                 self.summarise(SUMMARY_SLICE)
                 await asyncio.sleep(POLL_INTERVAL)
-        return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]))
+        return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]), shipping=shipping)
 
-    async def shutdown(self, loop: asyncio.AbstractEventLoop, crashed: bool) -> int:
+    async def shutdown(
+        self, loop: asyncio.AbstractEventLoop, crashed: bool, shipping: asyncio.Task[None] | None = None
+    ) -> int:
         self.cut()
         self.append_own_records(crashed)
         deadline = time.monotonic() + FINAL_WRITE_TIMEOUT
@@ -233,13 +264,25 @@ class Sidecar:
                 await asyncio.sleep(0.2)
         await self.maybe_sync(loop, force=True)
         self.journal.close()
-        lost = self.journal.lost_records if hasattr(self.journal, "lost_records") else 0
-        self.words[W_SIDECAR_LOST] = lost
+        lost = self.journal.lost_records
+        self.words[W_SIDECAR_LOST] = self.words[W_SIDECAR_LOST] + lost
         self.words[W_JOURNALED_SEQ] = self.journal.written_seq
         self.words[W_SYNCED_SEQ] = self.journal.synced_seq
         if lost:
             log.error("the disk never came back: %d records held in memory were lost", lost)
         self.write_summary()
+        if self.shipper is not None and shipping is not None:
+            done = await self.shipper.wait_acked(self.journal.written_seq, self.opts.upload_timeout)
+            shipping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shipping
+            if not done:
+                log.warning(
+                    "upload incomplete: acked up to seq %d of %d (%s)",
+                    self.shipper.acked,
+                    self.journal.written_seq,
+                    self.shipper.fatal or "server not reachable",
+                )
         return 0
 
     def append_own_records(self, crashed: bool) -> None:
@@ -252,6 +295,7 @@ class Sidecar:
             "overflow_peak_bytes": int(w[W_OVERFLOW_PEAK]),
             "step_regressions": int(w[W_STEP_REGRESSIONS]),
             "ring_skipped_bytes": int(w[W_SKIPPED_BYTES]),
+            "sidecar_lost_records": int(w[W_SIDECAR_LOST]),
         }
         seq = max(self.journal.last_seq, self.reader.expected - 1 if self.reader.expected else 0) + 1
         now = time.time()
@@ -281,6 +325,11 @@ class Sidecar:
             log.warning("could not write summary.json: %s", e)
 
 
+def ring_first_seq(ring: RingMap) -> int:
+    """The seq the producer started at (1, or more for a resumed run): word W_FIRST_SEQ."""
+    return int(ring.words[W_FIRST_SEQ]) or 1
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="runstream-sidecar")
     p.add_argument("--ring", type=Path, required=True)
@@ -292,6 +341,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fsync-interval", type=float, default=1.0)
     p.add_argument("--memory", type=int, default=256 << 20)
     p.add_argument("--zstd-level", type=int, default=3)
+    # online runs: the server's address (the API key comes in RUNSTREAM_API_KEY, never argv)
+    p.add_argument("--url", default=None)
+    p.add_argument("--entity", default="")
+    p.add_argument("--project", default="")
+    p.add_argument("--run-id", default="")
+    p.add_argument("--writer-id", default="")
+    p.add_argument("--resume", default="")
+    p.add_argument("--upload-timeout", type=float, default=55.0)
     return p.parse_args(argv)
 
 

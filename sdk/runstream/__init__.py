@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .api import Api, ApiError, NotFoundError, UnauthorizedError
 from .errors import ConfigError, Error, RecordTooLargeError, SettingsError, UsageError
+from .login import login
 from .reader import RunData, read_run
 from .session import finish, init
 
@@ -53,16 +55,21 @@ config: Any = _PreInitConfig()
 summary: Any = None
 
 __all__ = [
+    "Api",
+    "ApiError",
     "ConfigError",
     "Error",
+    "NotFoundError",
     "RecordTooLargeError",
     "RunData",
     "SettingsError",
+    "UnauthorizedError",
     "UsageError",
     "config",
     "finish",
     "init",
     "log",
+    "login",
     "read_run",
     "run",
     "summary",

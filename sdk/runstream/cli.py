@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from .errors import Error
@@ -58,7 +59,31 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from runstream_ingest.server.main import serve
+
+    return serve(args)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from runstream_ingest.sync import sync_main
+
+    return sync_main(args)
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    from .settings import write_directory_mode
+
+    path = write_directory_mode(args.command, args.dir)
+    print(f"runstream: runs started in {Path(args.dir).resolve()} are now {args.command} (saved in {path})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from runstream_ingest.server.keys_cli import add_keys_parser
+
+    from .login import add_login_parser
+
     p = argparse.ArgumentParser(prog="runstream", description="runstream: experiment tracking")
     sub = p.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="print a run read back from its journal")
@@ -67,6 +92,29 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--json", action="store_true", help="one JSON object (NaN/Infinity as strings)")
     out.add_argument("--history", action="store_true", help="every history row, one JSON object per line")
     ins.set_defaults(func=cmd_inspect)
+
+    srv = sub.add_parser("server", help="run the ingest server, or manage its API keys")
+    from runstream_ingest.server.args import add_server_args
+
+    add_server_args(srv)
+    srv.set_defaults(func=cmd_server)
+    srv_sub = srv.add_subparsers(dest="server_command", metavar="{keys}")
+    add_keys_parser(srv_sub)
+
+    add_login_parser(sub)
+
+    syn = sub.add_parser("sync", help="upload runs (or what of them is not yet acknowledged)")
+    syn.add_argument("run_dirs", nargs="*", help="run directories")
+    syn.add_argument("--all", nargs="?", const=".", default=None, metavar="DIR", help="every run under DIR")
+    syn.add_argument("--host", default=None, help="server address (default: RUNSTREAM_HOST or login)")
+    syn.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    syn.set_defaults(func=cmd_sync)
+
+    for mode in ("offline", "online"):
+        m = sub.add_parser(mode, help=f"make runs started in this directory {mode}")
+        m.add_argument("--dir", default=".", help="the directory (default: here)")
+        m.set_defaults(func=cmd_mode)
+
     args = p.parse_args(argv)
     try:
         return int(args.func(args))
@@ -75,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `runstream inspect --history | head`
         return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

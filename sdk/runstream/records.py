@@ -102,6 +102,40 @@ def iter_records(buf: bytes | memoryview) -> Iterator[Record]:
         pos = padded(length) + pos
 
 
+class BatchError(ValueError):
+    """A batch that is not a gapless run of whole, valid records (says where and why)."""
+
+
+def parse_batch(buf: bytes | memoryview, first_seq: int, last_seq: int) -> list[Record]:
+    """Strictly decode a batch received from elsewhere: every byte must belong to a valid record
+    and the seqs must run ``first_seq..last_seq`` without a gap."""
+    mv = memoryview(buf)
+    out: list[Record] = []
+    pos, end = 0, len(mv)
+    expect = first_seq
+    while pos < end:
+        if end - pos < HEADER_SIZE:
+            raise BatchError(f"{end - pos} trailing bytes at offset {pos} are not a record")
+        length, crc, seq, kind, flags, step, t = HEADER.unpack_from(mv, pos)
+        stop = pos + HEADER_SIZE + length
+        if stop > end:
+            raise BatchError(
+                f"record at offset {pos} claims {length} bytes; only {end - pos - HEADER_SIZE} remain"
+            )
+        if crc32c(mv[pos + CRC_START : stop]) != crc:
+            raise BatchError(f"record at offset {pos} (seq {seq}) fails its CRC")
+        if seq != expect:
+            raise BatchError(f"record at offset {pos} has seq {seq}, expected {expect}")
+        if kind == KIND_PAD:
+            raise BatchError(f"record at offset {pos} is ring padding, which never belongs in a batch")
+        out.append(Record(seq, kind, flags, step, t, bytes(mv[pos + HEADER_SIZE : stop])))
+        expect += 1
+        pos = padded(length) + pos
+    if expect - 1 != last_seq or not out:
+        raise BatchError(f"batch claims seqs {first_seq}..{last_seq} but holds {first_seq}..{expect - 1}")
+    return out
+
+
 def pack_body(obj: Any) -> bytes:
     """msgpack for metadata records (not the ``log`` hot path, which uses its own Packer)."""
     return msgpack.packb(obj, use_bin_type=True, default=item_default)  # type: ignore[no-any-return]

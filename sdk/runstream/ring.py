@@ -59,7 +59,9 @@ W_JOURNALED_SEQ = 27  # highest seq written to the journal
 W_SYNCED_SEQ = 28  # highest seq covered by a successful fsync
 W_JOURNAL_ERRORS = 29
 W_SKIPPED_BYTES = 30  # ring bytes the consumer gave up on (damage: should never happen)
-W_SIDECAR_LOST = 31  # records the sidecar held in memory and could not write before exiting
+W_SIDECAR_LOST = 31  # records sidecars held in memory for a failing disk and lost (exit, kill -9)
+W_ACKED_SEQ = 32  # byte 256: highest seq the server has acknowledged (online runs)
+W_FIRST_SEQ = 17  # byte 136: the seq of the producer's first record (1 unless resumed)
 
 MIN_CAPACITY = 64 * 1024
 DEFAULT_CAPACITY = 64 * 1024 * 1024
@@ -147,6 +149,7 @@ class RingWriter:
         self._head = ring.words[W_HEAD]
         self._tail = ring.words[W_TAIL]  # last tail seen; re-read only when short of room
         self._seq = first_seq
+        ring.words[W_FIRST_SEQ] = first_seq
         self._overflow: deque[tuple[int, int, float, bytes, int]] = deque()
         self._overflow_bytes = 0
         self._overflow_limit = overflow_limit

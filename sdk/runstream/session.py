@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from .errors import UsageError
 from .names import new_run_id, new_run_name, validate_run_id
 from .reader import replay
 from .ring import (
+    W_ACKED_SEQ,
     W_DROPPED,
     W_JOURNALED,
+    W_JOURNALED_SEQ,
     W_STEP_REGRESSIONS,
     W_SYNCED_SEQ,
     RingMap,
@@ -41,6 +44,7 @@ from .rundir import create_run_dir, find_run_dirs, update_latest_link, write_jso
 from .settings import Settings, resolve_settings
 from .supervisor import SidecarSupervisor
 
+RESUME_CHECK_TIMEOUT = 30.0
 _active: Run | None = None
 _lock = threading.RLock()
 
@@ -131,11 +135,63 @@ def init(
             run = DisabledRun(s, cfg_dict)
             _publish(run)
             return run
+        online = None
         if s.mode == "online":
-            say(s, "no runstream server in this version yet: running offline (sync comes with the server)")
+            from .login import credentials
+
+            creds = credentials(s.host)
+            if creds.host:
+                online = Online(creds.host, creds.api_key)
+            else:
+                say(s, "no server configured (RUNSTREAM_HOST or `runstream login`): running offline")
         run_id = validate_run_id(s.run_id) if s.run_id else None
+        if online is not None and resume in ("must", "never") and run_id:
+            _check_server_resume(online, s, run_id, str(resume))
         target = _resume_target(s, resume, run_id)
-        return _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, ignored)
+        return _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, ignored, online, resume)
+
+
+@dataclass(frozen=True)
+class Online:
+    url: str
+    api_key: str | None
+
+
+def _check_server_resume(online: Online, s: Settings, run_id: str, resume: str) -> None:
+    """resume="must"/"never" are the only cases where init waits for the server (bounded)."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{online.url.rstrip('/')}/api/v1/runs/{s.entity}/{s.project}/{run_id}"
+    req = urllib.request.Request(url)
+    if online.api_key:
+        req.add_header("authorization", f"Bearer {online.api_key}")
+    deadline = time.monotonic() + RESUME_CHECK_TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                exists = resp.status == 200
+            break
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                exists = False
+                break
+            raise UsageError(
+                f"resume={resume!r}: the server at {online.url} answered {e.code} for run {run_id}"
+            ) from None
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise UsageError(
+                    f'resume="{resume}" needs the server\'s answer, but {online.url} did not answer within '
+                    f"{RESUME_CHECK_TIMEOUT:.0f}s ({e})"
+                ) from None
+            time.sleep(0.5)
+    if resume == "must" and not exists:
+        raise UsageError(f'resume="must" but the server has no run {s.entity}/{s.project}/{run_id}')
+    if resume == "never" and exists:
+        raise UsageError(
+            f'resume="never" but run {s.entity}/{s.project}/{run_id} already exists on the server'
+        )
 
 
 def _start(
@@ -146,6 +202,8 @@ def _start(
     allow_val_change: bool,
     save_code: bool | None,
     ignored: dict[str, Any],
+    online: Online | None = None,
+    resume: Any = None,
 ) -> Run:
     start_step, first_seq = 0, 1
     prior_config: dict[str, Any] = {}
@@ -200,19 +258,49 @@ def _start(
     config.update(cfg_dict, allow_val_change=True if resume_dir is not None else allow_val_change)
     if not cfg_dict:
         run._emit(rec.KIND_CONFIG, {})  # so config.yaml exists from the start
-    write_json_atomic(
-        run_dir / "run.json",
-        {k: meta.get(k) for k in ("id", "name", "project", "entity", "pid", "host")}
-        | {"created": time.time()},
-    )
-    sup = SidecarSupervisor(ring.path, run_dir, s)
+    writer_id = _writer_id(run_dir)
+    info = {k: meta.get(k) for k in ("id", "name", "project", "entity", "pid", "host")}
+    write_json_atomic(run_dir / "run.json", {**info, "writer_id": writer_id, "created": time.time()})
+    extra_args: list[str] = []
+    extra_env: dict[str, str] = {}
+    if online is not None:
+        extra_args = [
+            "--url", online.url, "--entity", s.entity, "--project", s.project, "--run-id", run_id,
+            "--writer-id", writer_id, "--resume", "allow" if resume_dir is not None else _resume_arg(resume),
+            "--upload-timeout", str(max(s.finish_timeout - 3.0, 1.0)),
+        ]  # fmt: skip
+        if online.api_key:
+            extra_env["RUNSTREAM_API_KEY"] = online.api_key  # never on the command line
+    run._online = online  # type: ignore[attr-defined]
+    sup = SidecarSupervisor(ring.path, run_dir, s, extra_args, extra_env)
     sup.start()
     run._sidecar = sup
     _publish(run)
     _install_hooks()
     verb = "resumed" if resume_dir is not None else "started"
-    say(s, f"{verb} run {name} ({run_id}) offline in {run_dir}")
+    where = f"streaming to {online.url} as {run.path}" if online else "offline"
+    say(s, f"{verb} run {name} ({run_id}) {where}; local copy in {run_dir}")
     return run
+
+
+def _writer_id(run_dir: Path) -> str:
+    """One writer per run directory: seqs continue across local resumes, so the id does too."""
+    import json
+    import secrets
+
+    try:
+        wid = json.loads((run_dir / "run.json").read_text()).get("writer_id")
+        if wid:
+            return str(wid)
+    except (OSError, ValueError):
+        pass
+    return secrets.token_hex(8)
+
+
+def _resume_arg(resume: Any) -> str:
+    return {True: "allow", "auto": "allow", "allow": "allow", "must": "must", "never": "never"}.get(
+        resume, ""
+    )
 
 
 def _publish(run: Any) -> None:
@@ -259,6 +347,7 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         ring: RingMap = run._ring  # type: ignore[attr-defined]
         w = ring.words
         journaled, synced = int(w[W_JOURNALED]), int(w[W_SYNCED_SEQ])
+        written, acked = int(w[W_JOURNALED_SEQ]), int(w[W_ACKED_SEQ])
         dropped = int(w[W_DROPPED]) + int(w[W_STEP_REGRESSIONS])
         if _active is run:
             _unpublish()
@@ -278,7 +367,14 @@ def finish_run(run: Run, exit_code: int | None) -> None:
             f"; the sidecar was still writing at the {s.finish_timeout:.0f}s finish timeout "
             f"(synced up to seq {synced}); it finishes in the background"
         )
-    if dropped or sidecar_code != 0:
+    online = getattr(run, "_online", None)
+    unsent = online is not None and acked < written
+    if unsent:
+        msg += (
+            f"; the server has {acked} of {written} records. Upload the rest with:\n"
+            f"    runstream sync {run.dir}"
+        )
+    if dropped or sidecar_code != 0 or unsent:
         print(f"runstream: warning: {msg}", file=sys.stderr)  # shown even when silent
     else:
         say(s, msg)

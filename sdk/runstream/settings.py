@@ -381,4 +381,42 @@ def resolve_settings(
             found = _from_env(key, env)
         if found is not None:
             resolved[key] = check_setting(key, found[0], found[1])
+    if "mode" not in resolved:  # `runstream offline` / `runstream online` in the run's directory
+        root = Path(resolved.get("root_dir") or Path.cwd())
+        saved = read_directory_mode(root)
+        if saved is not None:
+            resolved["mode"] = check_setting("mode", saved, f"{root / 'runstream' / 'settings'}")
     return Settings(**resolved)
+
+
+def _mode_file(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / "runstream" / "settings"
+
+
+def read_directory_mode(root: str | os.PathLike[str]) -> str | None:
+    """The mode saved by ``runstream offline``/``online`` for runs started under ``root``."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(_mode_file(root))
+    except configparser.Error:
+        return None
+    return parser.get("default", "mode", fallback=None)
+
+
+def write_directory_mode(mode: str, root: str | os.PathLike[str]) -> Path:
+    import configparser
+
+    path = _mode_file(root)
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    if not parser.has_section("default"):
+        parser.add_section("default")
+    parser.set("default", "mode", mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        parser.write(f)
+    os.replace(tmp, path)
+    return path

@@ -25,7 +25,16 @@ MAX_RESTARTS = 20
 
 
 class SidecarSupervisor:
-    def __init__(self, ring_path: Path, run_dir: Path, settings: Settings) -> None:
+    def __init__(
+        self,
+        ring_path: Path,
+        run_dir: Path,
+        settings: Settings,
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.extra_args = extra_args or []
+        self.extra_env = extra_env or {}
         self.ring_path = ring_path
         self.run_dir = run_dir
         self.settings = settings
@@ -50,6 +59,7 @@ class SidecarSupervisor:
             "--fsync-interval", str(s.fsync_interval),
             "--memory", str(s.sidecar_memory),
             "--zstd-level", str(s.zstd_level),
+            *self.extra_args,
         ]  # fmt: skip
         # For fault tests and debugging: run the sidecar under a wrapper such as fiu-run or strace.
         wrapper = os.environ.get("RUNSTREAM_SIDECAR_WRAPPER")
@@ -65,6 +75,7 @@ class SidecarSupervisor:
                 stderr=err,
                 start_new_session=True,  # a terminal Ctrl-C must not kill it before it drains
                 close_fds=True,
+                env={**os.environ, **self.extra_env} if self.extra_env else None,
             )
         finally:
             err.close()

@@ -22,8 +22,10 @@ Faults, for the error paths of the code under test:
   never trusts a failed fsync survives this.
 * ``cut_after(n)``: the n-th call from now, and every call after it, raises ``PowerCut`` (not an
   OSError: code under test must not swallow it) until ``crash``.
-* ``lying_fsync``: fsync and fsync_dir report success and persist nothing.  Used to show the
-  crash tests would catch a writer that forgot an fsync.
+* ``after_fsync``: a one-shot hook run as an fsync returns (after it persisted): what another
+  thread does while an fsync is in flight.
+* ``lying_fsync`` / ``lying_fsync_dir``: fsync / fsync_dir report success and persist nothing.
+  Used to show the crash tests would catch a writer that forgot one.
 
 Thread-safe: one lock around every call.
 """
@@ -35,6 +37,7 @@ import os
 import posixpath
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MODES = ("drop", "prefix", "garbage")
@@ -89,6 +92,8 @@ class CrashFileSystem:
         self._cut_at: int | None = None
         self.powered = True
         self.lying_fsync = False
+        self.lying_fsync_dir = False
+        self.after_fsync: Callable[[], None] | None = None  # runs once, as the next fsync returns
 
     # --- test controls --------------------------------------------------------------------------
     def fail(
@@ -174,6 +179,22 @@ class CrashFileSystem:
             assert isinstance(node, _File), path
             return node.durable
 
+    def open_fds(self) -> int:
+        with self._lock:
+            return len(self._fds)
+
+    def has_lost_pages(self) -> bool:
+        """Some file holds bytes a failed fsync dropped: they read back fine until a crash."""
+        with self._lock:
+            stack: list[_File | _Dir] = [self.root]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, _Dir):
+                    stack.extend(node.entries.values())
+                elif node.lost:
+                    return True
+            return False
+
     def overwrite(self, path: str, content: bytes) -> None:
         """Replace a file's bytes, durably: disk damage, as a test inflicts it."""
         with self._lock:
@@ -238,6 +259,9 @@ class CrashFileSystem:
                 f = h.node
                 f.durable = _zero(bytes(f.data), f.lost)
                 f.lost = []
+        hook, self.after_fsync = self.after_fsync, None
+        if hook is not None:
+            hook()  # outside the lock: it may use this file system from another thread
 
     def truncate(self, fd: int, size: int) -> None:
         with self._lock:
@@ -262,7 +286,7 @@ class CrashFileSystem:
             d = self._lookup(path)
             if not isinstance(d, _Dir):
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-            if not self.lying_fsync:
+            if not self.lying_fsync_dir:
                 d.durable, d.log = dict(d.entries), []
 
     def rename(self, src: str, dst: str) -> None:

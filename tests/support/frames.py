@@ -56,7 +56,7 @@ class Ledger:
     def check_subsequence(self, got: Iterable[rec.Record]) -> list[int]:
         """Assert ``got`` is strictly increasing by seq and every record is one that was
         written, byte for byte; return the seqs."""
-        seqs = []
+        seqs: list[int] = []
         for r in got:
             assert not seqs or r.seq > seqs[-1], f"seq {r.seq} after {seqs[-1]}"
             assert self.by_seq.get(r.seq) == r, f"record {r.seq} was never written like this"

@@ -35,12 +35,13 @@ from typing import Any, TypeVar
 
 import psutil
 
-from runstream.ring import RingMap
+from runstream import ring
+from runstream.ring import W_SIDECAR_PID, RingMap
 
 SIDECAR_MODULE = "runstream_ingest.sidecar"
 
 # Put at the top of every training script: the two halves of the line protocol.
-SCRIPT_PRELUDE = '''\
+SCRIPT_PRELUDE = """\
 import json as _json
 import sys as _sys
 
@@ -55,13 +56,17 @@ def wait_for(command):
     if line.strip() != command:
         raise SystemExit(f"expected command {command!r} on stdin, got {line!r}")
 
-'''
+"""
 
 T = TypeVar("T")
 
 
 def poll(
-    what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.02, diag: Callable[[], str] | None = None
+    what: str,
+    fn: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.02,
+    diag: Callable[[], str] | None = None,
 ) -> T:
     """Call ``fn`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError
     naming ``what``, with ``diag()`` appended)."""
@@ -141,10 +146,31 @@ def ring_words(run_dir: Path) -> list[int] | None:
 
 
 def sidecar_pid_in_ring(run_dir: Path) -> int | None:
-    from runstream.ring import W_SIDECAR_PID
-
+    """The pid of the sidecar process (not of a wrapper around it) serving the run's ring."""
     words = ring_words(run_dir)
-    return int(words[W_SIDECAR_PID]) or None if words else None
+    if words is None or not words[W_SIDECAR_PID]:
+        return None
+    return int(words[W_SIDECAR_PID])
+
+
+def is_live_sidecar(pid: int, root: Path) -> bool:
+    """``pid`` is alive and (not reused since) a sidecar of a run under ``root``."""
+    try:
+        return alive(pid) and is_sidecar_of(_cmdline(psutil.Process(pid)), root)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def runstream_inspect(run_dir: Path, *args: str) -> str:
+    """``runstream inspect RUN_DIR ARGS`` as a user runs it; its stdout (stderr shown on failure)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "runstream.cli", "inspect", str(run_dir), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, f"runstream inspect exited {r.returncode}:\n{r.stderr[-3000:]}"
+    return r.stdout
 
 
 # --- the script --------------------------------------------------------------------------------
@@ -156,7 +182,6 @@ class Script:
         self.proc = proc
         self.root = root
         self.stderr_path = stderr_path
-        self.seen: set[int] = set()  # every descendant of the script seen so far
         self.sidecar_pids: set[int] = set()  # sidecars (python processes) seen in rings
         self.run_dirs: set[Path] = set()
         self.events: list[dict[str, Any]] = []
@@ -183,15 +208,21 @@ class Script:
     def diag(self) -> str:
         parts = [f"script exit code: {self.proc.poll()}", f"script stderr (tail):\n{self.stderr()[-4000:]}"]
         for d in sorted(self.run_dirs):
+            words = ring_words(d)
+            if words is not None:
+                named = {n: words[getattr(ring, n)] for n in dir(ring) if n.startswith("W_")}
+                parts.append(f"ring words: {named}")
+            with contextlib.suppress(OSError):
+                segs = [(p.name, p.stat().st_size) for p in sorted((d / "journal").iterdir())]
+                st = os.statvfs(d)
+                parts.append(f"journal: {segs}; free: {st.f_bavail * st.f_frsize} bytes")
             for name in ("logs/sidecar.log", "logs/sidecar.stderr"):
                 with contextlib.suppress(OSError):
                     parts.append(f"{name} (tail):\n{(d / name).read_text(errors='replace')[-3000:]}")
         return "\n".join(parts)
 
     def track(self) -> None:
-        """Snapshot the script's descendants and the sidecar pids its runs' rings name."""
-        with contextlib.suppress(psutil.NoSuchProcess):
-            self.seen.update(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True))
+        """Note the sidecar pids the runs' rings name (the ring is gone once a run ends)."""
         for d in self.run_dirs:
             pid = sidecar_pid_in_ring(d)
             if pid:
@@ -257,10 +288,9 @@ class Script:
         victims = {p.pid: p for p in self._descendants()}
         victims.update((p.pid, p) for p in sidecar_processes(self.root))
         for pid in self.sidecar_pids:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p = psutil.Process(pid)
-                if is_sidecar_of(_cmdline(p), self.root):
-                    victims[pid] = p
+            if is_live_sidecar(pid, self.root):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    victims[pid] = psutil.Process(pid)
         return victims
 
     def cleanup(self) -> None:
@@ -296,7 +326,11 @@ class Script:
         a ring.  Empty after a clean finish."""
         self.track()
         out = [f"{p.pid}: {' '.join(_cmdline(p))}" for p in sidecar_processes(self.root)]
-        out += [f"{pid}: sidecar named in the ring" for pid in self.sidecar_pids if alive(pid)]
+        out += [
+            f"{pid}: sidecar named in the ring"
+            for pid in self.sidecar_pids
+            if is_live_sidecar(pid, self.root)
+        ]
         return out
 
 
@@ -331,7 +365,11 @@ def start_script(
 
 @contextlib.contextmanager
 def running_script(
-    source: str, tmp_path: Path, root: Path, args: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    source: str,
+    tmp_path: Path,
+    root: Path,
+    args: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Script]:
     s = start_script(source, tmp_path, root, args, env)
     try:

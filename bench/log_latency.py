@@ -1,0 +1,337 @@
+"""How much does ``run.log`` cost a training loop?  (``make bench``)
+
+Four cases, parameters and targets in ``bench/cases/<name>/case.json``:
+
+* ``latency_10`` / ``latency_1000``: per-call ``log`` latency of a 10- and a 1,000-scalar dict in a
+  real offline run while its sidecar drains and journals, beside the bare floor (``orjson.dumps``
+  into a preallocated buffer) timed the same way;
+* ``throughput``: millions of 10-scalar ``log`` calls as fast as possible, then the journal is
+  read back (every row there, nothing dropped); the same loop disabled and as the bare floor;
+* ``training_loop``: steps of ~200 us CPU work with and without a ``log`` per step.
+
+Prints text, then the same figures as one JSON object on the last line (or into ``--json PATH``).
+Exits 0 even when a target fails -- it is a report -- unless ``--check`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import statistics
+import sys
+import time
+from itertools import repeat
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+import runstream
+from _common import (
+    REFERENCE,
+    finish_and_verify,
+    judge,
+    latency_us,
+    load_case,
+    machine,
+    median_of,
+    ring_counters,
+    scalars,
+    start_run,
+    timer_overhead_ns,
+    wait_journaled,
+)
+
+FLOOR_BUF = 64 << 20  # the floor's preallocated buffer; it wraps, like the ring
+
+
+def floor_buffer() -> memoryview:
+    # Built from bytes so every page is already written: a calloc'd bytearray would take its
+    # page faults inside the timed loop and make the floor look slower than it is.
+    return memoryview(bytearray(bytes(FLOOR_BUF)))
+
+
+def timed_calls(fn: Any, d: dict[str, float], n: int) -> list[int]:
+    pc = time.perf_counter_ns
+    ts = [0] * n
+    for i in range(n):
+        t0 = pc()
+        fn(d)
+        t1 = pc()
+        ts[i] = t1 - t0
+    return ts
+
+
+def timed_floor(d: dict[str, float], n: int) -> list[int]:
+    # Inline on purpose: the floor is the serialisation and the copy, nothing else.
+    pc, dumps = time.perf_counter_ns, orjson.dumps
+    buf, pos, limit = floor_buffer(), 0, FLOOR_BUF // 2
+    ts = [0] * n
+    for i in range(n):
+        t0 = pc()
+        b = dumps(d)
+        k = len(b)
+        buf[pos : pos + k] = b
+        pos = pos + k if pos < limit else 0
+        t1 = pc()
+        ts[i] = t1 - t0
+    return ts
+
+
+def case_latency(p: dict[str, Any], overhead: int) -> dict[str, Any]:
+    d = scalars(p["keys"])
+    reps, floors, checks, faults = [], [], [], []
+    for _ in range(p["repeat"]):
+        # A fresh run (and ring) per repetition: samples land in the ring's first lap, as in a
+        # real run, where each new page is still to be mapped into this process.
+        run = start_run(p["settings"])
+        log = run.log
+        for _ in repeat(None, p["warmup"]):
+            log(d)
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        reps.append(latency_us(timed_calls(log, d, p["samples"]), overhead))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        wait_journaled(run)
+        checks.append(finish_and_verify(run, p["warmup"] + p["samples"]))
+        floors.append(latency_us(timed_floor(d, p["samples"]), overhead))
+    fig: dict[str, Any] = median_of(reps)
+    fig["floor"] = median_of(floors)
+    fig["per_repeat"] = reps
+    fig["minor_faults_per_1k_calls"] = statistics.median(faults) * 1000 / p["samples"]
+    fig["ring_filled"] = any(c["overflow_peak_bytes"] for c in checks)
+    fig["dropped"] = sum(c["dropped"] for c in checks)
+    fig["verified"] = all(c["verified"] for c in checks)
+    return fig
+
+
+def loop_runstream(p: dict[str, Any]) -> dict[str, Any]:
+    run = start_run(p["settings"])
+    d, log, calls = scalars(p["keys"]), run.log, p["calls"]
+    for _ in repeat(None, p["warmup"]):
+        log(d)
+    wait_journaled(run)
+    sidecar = psutil.Process(run._sidecar.pid)
+    c0 = sum(sidecar.cpu_times()[:2])
+    t0 = time.perf_counter()
+    for _ in repeat(None, calls):
+        log(d)
+    t1 = time.perf_counter()
+    counters = ring_counters(run)  # before waiting: did the loop outrun the ring?
+    t2 = wait_journaled(run)
+    sidecar_cpu = sum(sidecar.cpu_times()[:2]) - c0
+    check = finish_and_verify(run, p["warmup"] + calls)
+    return {
+        "calls_per_s": calls / (t1 - t0),
+        "journaled_per_s": calls / (t2 - t0),
+        "journal_lag_s": t2 - t1,
+        "sidecar_cpu_pct": 100 * sidecar_cpu / (t2 - t0),
+        "overflow_used_bytes": counters["overflow_peak_bytes"],
+        **check,
+    }
+
+
+def loop_disabled(p: dict[str, Any]) -> float:
+    run = runstream.init(mode="disabled")
+    d, log = scalars(p["keys"]), run.log
+    t0 = time.perf_counter()
+    for _ in repeat(None, p["calls"]):
+        log(d)
+    t1 = time.perf_counter()
+    run.finish()
+    return p["calls"] / (t1 - t0)
+
+
+def loop_floor(p: dict[str, Any]) -> float:
+    d, dumps = scalars(p["keys"]), orjson.dumps
+    buf, pos, limit = floor_buffer(), 0, FLOOR_BUF // 2
+    t0 = time.perf_counter()
+    for _ in repeat(None, p["calls"]):
+        b = dumps(d)
+        k = len(b)
+        buf[pos : pos + k] = b
+        pos = pos + k if pos < limit else 0
+    t1 = time.perf_counter()
+    return p["calls"] / (t1 - t0)
+
+
+def case_throughput(p: dict[str, Any], overhead: int) -> dict[str, Any]:
+    runs, disabled, floor = [], [], []
+    for _ in range(p["repeat"]):
+        gc.collect()
+        floor.append(loop_floor(p))
+        disabled.append(loop_disabled(p))
+        runs.append(loop_runstream(p))
+    numeric = [{k: v for k, v in r.items() if type(v) in (int, float)} for r in runs]
+    fig: dict[str, Any] = median_of(numeric)
+    fig["dropped"] = max(r["dropped"] for r in runs)
+    fig["rows_missing"] = max(r["rows_missing"] for r in runs)
+    fig["verified"] = all(r["verified"] for r in runs)
+    fig["disabled_calls_per_s"] = statistics.median(disabled)
+    fig["floor_calls_per_s"] = statistics.median(floor)
+    # Ratios of time per call: how many floors (or disabled calls) one runstream call costs.
+    fig["ratio_to_floor"] = fig["floor_calls_per_s"] / fig["calls_per_s"]
+    fig["ratio_to_disabled"] = fig["disabled_calls_per_s"] / fig["calls_per_s"]
+    fig["per_repeat"] = runs
+    return fig
+
+
+def busy(n: int) -> int:
+    x = 0
+    for i in range(n):
+        x += i
+    return x
+
+
+def calibrate(work_us: float) -> int:
+    n = 2000
+    for _ in range(3):
+        ts = []
+        for _ in range(200):
+            t0 = time.perf_counter_ns()
+            busy(n)
+            ts.append(time.perf_counter_ns() - t0)
+        n = max(1, round(n * work_us * 1e3 / statistics.median(ts)))
+    return n
+
+
+def train(steps: int, n: int, log: Any, d: dict[str, float]) -> tuple[float, float]:
+    w0, c0 = time.perf_counter(), time.process_time()
+    if log is None:
+        for _ in range(steps):
+            busy(n)
+    else:
+        for _ in range(steps):
+            busy(n)
+            log(d)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def case_training(p: dict[str, Any], overhead: int) -> dict[str, Any]:
+    n = calibrate(p["work_us"])
+    d, steps = scalars(p["keys"]), p["steps"]
+    wall_pct, cpu_pct, with_w, without_w = [], [], [], []
+    for rep in range(p["repeat"]):
+        # Interleaved, order alternating, so drift on a shared box hits both sides alike.
+        run = start_run(p["settings"])
+        gc.collect()
+        pair: dict[bool, tuple[float, float]] = {}
+        for logging in (True, False) if rep % 2 else (False, True):
+            pair[logging] = train(steps, n, run.log if logging else None, d)
+        wait_journaled(run)
+        check = finish_and_verify(run, steps)
+        if not check["verified"]:
+            raise RuntimeError(f"training loop run lost rows: {check}")
+        (ww, wc), (ow, oc) = pair[True], pair[False]
+        wall_pct.append(100 * (ww - ow) / ow)
+        cpu_pct.append(100 * (wc - oc) / oc)
+        with_w.append(ww)
+        without_w.append(ow)
+    return {
+        "step_work_us": statistics.median(without_w) / steps * 1e6,
+        "overhead_wall_pct": statistics.median(wall_pct),
+        "overhead_cpu_pct": statistics.median(cpu_pct),
+        "with_s": statistics.median(with_w),
+        "without_s": statistics.median(without_w),
+        "per_repeat_wall_pct": wall_pct,
+        "per_repeat_cpu_pct": cpu_pct,
+    }
+
+
+CASES = {
+    "latency_10": case_latency,
+    "latency_1000": case_latency,
+    "throughput": case_throughput,
+    "training_loop": case_training,
+}
+
+
+def show(name: str, p: dict[str, Any], f: dict[str, Any]) -> None:
+    reps = f"median of {p['repeat']} repetitions"
+    if name.startswith("latency"):
+        print(f"\n[{name}] log({p['keys']} scalars), {p['samples']:,} timed calls each, {reps}")
+        print(f"  {'':10} {'p50':>9} {'p99':>9} {'p99.9':>9} {'max':>9}  (us)")
+        for label, x in (("runstream", f), ("floor", f["floor"])):
+            cols = (x["p50_us"], x["p99_us"], x["p999_us"], x["max_us"])
+            print(f"  {label:10} " + " ".join(f"{c:9.2f}" for c in cols))
+        print(
+            f"  minor page faults per 1k calls {f['minor_faults_per_1k_calls']:.1f}; ring filled: "
+            f"{f['ring_filled']}; dropped {f['dropped']}; journal verified: {f['verified']}"
+        )
+    elif name == "throughput":
+        print(f"\n[throughput] {p['calls']:,} x log({p['keys']} scalars) as fast as possible, {reps}")
+        print(f"  runstream  {f['calls_per_s']:>12,.0f} calls/s   ({1e9 / f['calls_per_s']:.0f} ns/call)")
+        for label in ("disabled", "floor"):
+            ratio = f"runstream/{label} = {f['ratio_to_' + label]:.2f}x (time per call)"
+            print(f"  {label:10} {f[label + '_calls_per_s']:>12,.0f} calls/s   {ratio}")
+        print(
+            f"  journaled  {f['journaled_per_s']:>12,.0f} records/s from first call to last journaled "
+            f"(lag {f['journal_lag_s']:.2f} s, sidecar CPU {f['sidecar_cpu_pct']:.0f}%, "
+            f"overflow used {f['overflow_used_bytes'] / 2**20:.1f} MiB)"
+        )
+        print(
+            f"  journal: {f['rows_journaled']:,.0f} of {f['rows_expected']:,.0f} rows, "
+            f"dropped {f['dropped']}, verified: {f['verified']} (finish took {f['finish_s']:.2f} s)"
+        )
+    else:
+        print(f"\n[training_loop] {p['steps']:,} steps of {f['step_work_us']:.0f} us work, {reps}")
+        print(f"  without log {f['without_s']:.3f} s, with log {f['with_s']:.3f} s (interleaved)")
+        print(f"  overhead: wall {f['overhead_wall_pct']:+.2f} %, process CPU {f['overhead_cpu_pct']:+.2f} %")
+        print(f"  per repetition, wall %: {', '.join(f'{x:+.1f}' for x in f['per_repeat_wall_pct'])}")
+        print(f"  per repetition, CPU %:  {', '.join(f'{x:+.1f}' for x in f['per_repeat_cpu_pct'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sample counts: a ~20 s smoke run")
+    ap.add_argument("--repeat", type=int, help="repetitions per case (default: each case.json's)")
+    ap.add_argument("--case", action="append", choices=list(CASES), help="run only this case (repeatable)")
+    ap.add_argument("--json", type=Path, help="write the JSON here instead of the last line of stdout")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    a = ap.parse_args(argv)
+
+    overhead = timer_overhead_ns()
+    out: dict[str, Any] = {"quick": a.quick, "machine_before": machine(), "timer_overhead_ns": overhead}
+    print(f"runstream log benchmark{' (--quick)' if a.quick else ''}: {out['machine_before']}")
+    print(f"timer overhead {overhead} ns per perf_counter_ns pair (subtracted from every latency sample)")
+    cases, targets = {}, []
+    for name in a.case or CASES:
+        case = load_case(name, a.quick, a.repeat)
+        p = case["parameters"]
+        load = machine()["load"]
+        t0 = time.monotonic()
+        fig = CASES[name](p, overhead)
+        show(name, p, fig)
+        print(f"  ({time.monotonic() - t0:.0f} s; load average at start {load})")
+        cases[name] = {"optimises": case["optimises"], "parameters": p, "load_at_start": load, "figures": fig}
+        targets += judge(case, fig)
+    out["machine_after"] = machine()
+    after = out["machine_after"]
+    print(f"\ntargets (this {after['cpus']}-CPU machine; load average after: {after['load']})")
+    for t in targets:
+        m = t["measured"]
+        shown = f"{m:,.2f}" if isinstance(m, float) else str(m)
+        verdict = "PASS" if t["pass"] else "FAIL"
+        print(f"  {verdict}  {t['case']}.{t['metric']} = {shown} (target {t['op']} {t['value']:,})")
+    print("\nfor scale, measured elsewhere (not on this machine):")
+    for tool, figs in REFERENCE.items():
+        print(f"  {tool:26} " + ", ".join(f"{k} {v}" for k, v in figs.items()))
+    out |= {
+        "cases": cases,
+        "targets": targets,
+        "all_pass": all(t["pass"] for t in targets),
+        "reference": REFERENCE,
+    }
+    text = json.dumps(out)
+    if a.json:
+        a.json.write_text(text + "\n")
+    else:
+        print(text)
+    return 1 if a.check and not out["all_pass"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

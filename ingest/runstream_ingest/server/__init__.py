@@ -1,0 +1,1 @@
+"""``runstream server``: gRPC ingest, the HTTP API and API keys over one SQLite database."""

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for proto/ (regenerate with `make proto`)."""
