@@ -72,7 +72,7 @@ def start_server(
             proc.kill()
             raise RuntimeError("server did not start in time")
         time.sleep(0.02)
-    return ServerProc(proc, data_dir, info["url"], int(info["grpc_port"]), int(info["http_port"]))
+    return ServerProc(proc, data_dir, info["url"], int(info["bound_grpc_port"]), int(info["http_port"]))
 
 
 @contextlib.contextmanager

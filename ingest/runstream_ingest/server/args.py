@@ -25,4 +25,10 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heartbeat-timeout", type=float, default=120.0, help="seconds before a silent run is marked crashed"
     )
+    p.add_argument(
+        "--advertise-grpc-port",
+        type=int,
+        default=None,
+        help="gRPC port to tell clients (when they reach the server through a proxy)",
+    )
     p.add_argument("--max-message", type=int, default=16 << 20, help="largest gRPC message in bytes")

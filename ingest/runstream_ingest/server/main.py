@@ -77,9 +77,11 @@ class Server:
         addr = f"{a.host}:{grpc_port}"
         grpc_port = server.add_secure_port(addr, creds) if creds else server.add_insecure_port(addr)
         await server.start()
+        advertised = a.advertise_grpc_port or grpc_port
         info: dict[str, Any] = {
             "version": 1,
-            "grpc_port": grpc_port,
+            "grpc_port": advertised,
+            "bound_grpc_port": grpc_port,
             "auth": self.required,
             "tls": creds is not None,
         }

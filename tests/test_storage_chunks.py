@@ -1,0 +1,256 @@
+"""Column chunks: encode/decode round trips bit-exactly, damage is caught, stats are right, and
+the uniform fast path builds exactly the columns the general path builds."""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runstream import records as rec
+from runstream_ingest.storage import chunks as ck
+from runstream_ingest.storage.base import StorageError
+
+I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+    [math.nan, -math.nan, math.inf, -math.inf, -0.0, 0.0, struct.unpack("<d", struct.pack("<Q", 0x7FF8DEADBEEF0001))[0]]
+)
+
+
+def canon(v: Any) -> Any:
+    """A value with its type, floats by their bits: NaN equals NaN, -0.0 differs from 0.0."""
+    if type(v) is float:
+        return ("f", struct.pack("<d", v))
+    if isinstance(v, dict):
+        return {k: canon(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [canon(x) for x in v]
+    return (type(v).__name__, v)
+
+
+@st.composite
+def points(draw: st.DrawFn) -> tuple[list[int], list[float], list[Any]]:
+    n = draw(st.integers(1, 60))
+    kind = draw(st.sampled_from(["consecutive", "strided", "constant", "any"]))
+    first = draw(st.integers(-(2**40), 2**40))
+    if kind == "consecutive":
+        steps = list(range(first, first + n))
+    elif kind == "strided":
+        stride = draw(st.integers(2, 1000))
+        steps = list(range(first, first + n * stride, stride))
+    elif kind == "constant":
+        steps = [first] * n
+    else:
+        steps = draw(st.lists(I64, min_size=n, max_size=n))
+    times = draw(st.lists(FLOATS, min_size=n, max_size=n))
+    vtype = draw(st.sampled_from(["float", "int", "bool", "mixed"]))
+    value = {"float": FLOATS, "int": I64, "bool": st.booleans(), "mixed": FLOATS | I64 | st.booleans()}[vtype]
+    values = draw(st.lists(value, min_size=n, max_size=n))
+    return steps, times, values
+
+
+@given(points())
+@settings(max_examples=80, deadline=None)
+def test_chunk_round_trip_is_bit_exact_and_keeps_types(pts: tuple[list[int], list[float], list[Any]]) -> None:
+    steps, times, values = pts
+    blob, _ = ck.encode_chunk(steps, times, values)
+    got = ck.decode_chunk(blob)
+    assert got.steps == steps
+    assert canon(got.times) == canon(times)
+    assert canon(got.values) == canon(values)
+
+
+@given(points())
+@settings(max_examples=60, deadline=None)
+def test_chunk_stats_match_a_brute_force_count(pts: tuple[list[int], list[float], list[Any]]) -> None:
+    steps, times, values = pts
+    _, s = ck.encode_chunk(steps, times, values)
+    numbers = [float(v) for v in values]
+    valid = [v for v in numbers if not math.isnan(v)]
+    assert (s.count, s.nans) == (len(values), len(values) - len(valid))
+    assert (s.first_step, s.last_step) == (steps[0], steps[-1])
+    assert canon([s.first_time, s.last_time]) == canon([times[0], times[-1]])
+    assert s.min == (min(valid) if valid else None)
+    assert s.max == (max(valid) if valid else None)
+    # Same values, same order: the sum is exact, ints summed as ints.
+    total = float(sum(v for v in values if not (type(v) is float and math.isnan(v))))
+    assert canon(s.sum) == canon(total) or (math.isnan(s.sum) and math.isnan(total))
+
+
+@given(points(), st.data())
+@settings(max_examples=120, deadline=None)
+def test_a_damaged_chunk_raises_rather_than_returning_wrong_data(
+    pts: tuple[list[int], list[float], list[Any]], data: st.DataObject
+) -> None:
+    blob, _ = ck.encode_chunk(*pts)
+    how = data.draw(st.sampled_from(["flip", "truncate", "append"]))
+    if how == "flip":
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        bit = data.draw(st.integers(0, 7))
+        bad = bytearray(blob)
+        bad[pos] ^= 1 << bit
+    elif how == "truncate":
+        bad = bytearray(blob[: data.draw(st.integers(0, len(blob) - 1))])
+    else:
+        bad = bytearray(blob + data.draw(st.binary(min_size=1, max_size=20)))
+    with pytest.raises(StorageError, match="chunk 7"):
+        ck.decode_chunk(bytes(bad), "chunk 7")
+
+
+def test_consecutive_steps_cost_no_step_column() -> None:
+    n = 4000
+    explicit, _ = ck.encode_chunk([i * i for i in range(n)], [0.0] * n, [1.0] * n)
+    strided, _ = ck.encode_chunk(list(range(10, 10 + n)), [0.0] * n, [1.0] * n)
+    assert strided[9] == ck.XENC_STRIDE and explicit[9] == ck.XENC_EXPLICIT
+    assert len(strided) < 200  # header plus a few bytes of zstd for two constant columns
+    assert ck.decode_chunk(strided).steps == list(range(10, 10 + n))
+
+
+def test_values_that_cannot_go_in_a_chunk_are_refused() -> None:
+    for bad in (["x"], [None], [2**63], [-(2**63) - 1], [[1]]):
+        assert ck.value_type(bad) is None
+        with pytest.raises(ValueError):
+            ck.encode_chunk([0], [0.0], bad)
+
+
+def test_encode_points_cuts_columns_evenly_below_the_chunk_limit() -> None:
+    n = 20_000
+    out = ck.encode_points(list(range(n)), [float(i) for i in range(n)], [float(i) for i in range(n)], ck.VT_F64)
+    assert [s.count for _, s in out] == [4000] * 5
+    assert [s.first_step for _, s in out] == [0, 4000, 8000, 12000, 16000]
+
+
+# --- rows into columns -------------------------------------------------------------------------
+SCALAR = (
+    FLOATS
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.booleans()
+    | st.none()
+    | st.text(max_size=5)
+    | st.lists(st.integers(0, 9), max_size=3)
+)
+KEYS = st.sampled_from(["loss", "acc", "lr", "a/b", "_step", "n"])
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> list[dict[Any, Any]]:
+    """Row bodies: often uniform (same keys, same encodings), sometimes not."""
+    n = draw(st.integers(1, 40))
+    if draw(st.booleans()):
+        keys = draw(st.lists(KEYS, unique=True, max_size=5))
+        kinds = [draw(st.sampled_from(["f", "fixint", "u8", "i64", "b", "i16"])) for _ in keys]
+        gen = {
+            "f": FLOATS,
+            "fixint": st.integers(-32, 127),
+            "u8": st.integers(128, 255),
+            "i64": st.integers(-(2**63), -(2**31) - 1),
+            "b": st.booleans(),
+            "i16": st.integers(-(2**15), -129),
+        }
+        return [{k: draw(gen[kind]) for k, kind in zip(keys, kinds, strict=True)} for _ in range(n)]
+    rows = []
+    for _ in range(n):
+        row: dict[Any, Any] = {k: draw(SCALAR) for k in draw(st.lists(KEYS, unique=True, max_size=4))}
+        if draw(st.integers(0, 9)) == 0:
+            row["nest"] = {"x": draw(SCALAR), "y": {"z": draw(FLOATS)}}
+        if draw(st.integers(0, 19)) == 0:
+            row[7] = 1.5  # a non-str key, as RunState turns it into "7"
+        rows.append(row)
+    return rows
+
+
+def model_columns(dicts: list[dict[Any, Any]]) -> dict[str, list[tuple[int, Any]]]:
+    """Per key, (row index, value) as RunState would see the rows."""
+    out: dict[str, list[tuple[int, Any]]] = {}
+    for i, d in enumerate(dicts):
+        for k, v in ck._row_dict(d).items():
+            if k not in ck.RESERVED:
+                out.setdefault(k, []).append((i, v))
+    return out
+
+
+def columns_as_points(cols: ck.Columns) -> dict[str, list[tuple[int, Any]]]:
+    out: dict[str, list[tuple[int, Any]]] = {}
+    for k, c in cols.numeric.items():
+        out.setdefault(k, []).extend(zip(c.steps, c.values, strict=True))
+    for k, s, _, v in cols.other:
+        out.setdefault(k, []).append((s, v))
+    return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
+
+
+@given(bodies())
+@settings(max_examples=150, deadline=None)
+def test_columns_hold_every_value_of_every_row_as_the_offline_reader_sees_it(dicts: list[dict[Any, Any]]) -> None:
+    steps = list(range(len(dicts)))
+    times = [1000.0 + i for i in steps]
+    packed = [rec.pack_body(d) for d in dicts]
+    general = ck.build_columns(steps, times, [msgpack.unpackb(b, strict_map_key=False) for b in packed])
+    model = model_columns(dicts)
+    assert canon(columns_as_points(general)) == canon(model)
+    assert canon(general.last) == canon({k: v[-1][1] for k, v in model.items()})
+    fast = ck.uniform_columns(packed, steps, times)
+    if fast is not None:
+        assert canon(columns_as_points(fast)) == canon(model)
+        assert canon(fast.last) == canon(general.last)
+        assert fast.order == general.order
+        for k, c in fast.numeric.items():
+            assert c.vtype == general.numeric[k].vtype
+
+
+def test_uniform_rows_of_floats_take_the_fast_path() -> None:
+    rng = random.Random(1)
+    packed = [rec.pack_body({"loss": rng.random(), "acc": rng.random(), "ok": True, "epoch": 3}) for _ in range(100)]
+    cols = ck.uniform_columns(packed, list(range(100)), [0.0] * 100)
+    assert cols is not None
+    assert cols.numeric["epoch"].values[-1] == 3 and type(cols.numeric["epoch"].values[-1]) is int
+    assert cols.numeric["ok"].values[0] is True
+
+
+def test_same_length_rows_with_other_keys_leave_the_fast_path() -> None:
+    packed = [rec.pack_body({"acc_a": 1.0}), rec.pack_body({"acc_b": 2.0})]
+    assert len(packed[0]) == len(packed[1])
+    assert ck.uniform_columns(packed, [0, 1], [0.0, 1.0]) is None
+    mixed = [rec.pack_body({"x": True}), rec.pack_body({"x": 1})]  # one byte each, bool vs fixint
+    assert ck.uniform_columns(mixed, [0, 1], [0.0, 1.0]) is None
+
+
+def test_rows_at_or_below_the_last_step_are_counted_not_kept() -> None:
+    records = [rec.Record(i + 1, rec.KIND_ROW, 0, step, 0.0, rec.pack_body({"x": i})) for i, step in enumerate([5, 6, 6, 4, 9])]
+    cols, malformed, dropped = ck.rows_to_columns(records, last_step=5)
+    assert cols is not None and not malformed
+    assert cols.steps == [6, 9] and dropped == 3
+    assert list(cols.numeric["x"].values) == [1, 4]
+
+
+def test_rows_whose_body_is_not_a_map_are_handed_back_as_malformed() -> None:
+    records = [
+        rec.Record(1, rec.KIND_ROW, 0, 0, 0.0, rec.pack_body({"x": 1.0})),
+        rec.Record(2, rec.KIND_ROW, 0, 1, 0.0, rec.pack_body([1, 2])),
+        rec.Record(3, rec.KIND_ROW, 0, 2, 0.0, b"\xc1"),  # never-used msgpack byte
+        rec.Record(4, rec.KIND_ROW, 0, 3, 0.0, rec.pack_body({"x": 2.0})),
+    ]
+    cols, malformed, dropped = ck.rows_to_columns(records, last_step=-1)
+    assert cols is not None and dropped == 0
+    assert [r.seq for r in malformed] == [2, 3]
+    assert cols.steps == [0, 3]
+
+
+@given(st.lists(st.integers(1, ck.CHUNK_MAX), max_size=60), st.booleans())
+def test_compaction_plans_merge_only_adjacent_small_chunks_within_the_limit(sizes: list[int], final: bool) -> None:
+    metas = list(enumerate(sizes))
+    groups = ck.plan_merges(metas, final)
+    seen = set()
+    for g in groups:
+        ids = [i for i, _ in g]
+        assert len(g) > 1 and ids == list(range(ids[0], ids[0] + len(ids)))  # adjacent
+        assert all(n < ck.COMPACT_MIN for _, n in g)
+        total = sum(n for _, n in g)
+        assert total <= ck.CHUNK_MAX and (final or total >= ck.COMPACT_MIN)
+        assert not seen & set(ids)
+        seen |= set(ids)
