@@ -27,12 +27,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	$(BIN)/python examples/train.py
-	$(BIN)/runstream inspect runstream/latest-run
+	$(BIN)/python examples/demo.py
 
 lint: install
-	$(BIN)/ruff check sdk ingest tests bench examples
-	$(BIN)/ruff format --check sdk ingest tests bench examples
+	$(BIN)/ruff check sdk ingest tests bench examples scripts
+	$(BIN)/ruff format --check sdk ingest tests bench examples scripts
 	$(BIN)/mypy
 
 test: install lint
@@ -40,9 +39,11 @@ test: install lint
 
 bench: install
 	$(BIN)/python bench/log_latency.py
+	$(BIN)/python bench/ingest_throughput.py
+	$(BIN)/python bench/faults.py
 
 proto: install
-	@echo "no .proto files yet: the wire schema arrives with the ingest server"
+	$(BIN)/python scripts/gen_proto.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,4 +1,5 @@
-"""The demo: a small simulated training run, logged offline (what `make demo` runs)."""
+"""The demo's training: a small simulated run.  Online when RUNSTREAM_HOST names a server (as
+`make demo` arranges), offline otherwise."""
 
 import math
 import random
@@ -11,7 +12,6 @@ with runstream.init(
     project="demo",
     config={"lr": 1e-3, "arch": "cnn", "epochs": EPOCHS, "batch_size": 128},
     tags=["baseline"],
-    mode="offline",
 ) as run:
     best = 0.0
     for epoch in range(EPOCHS):

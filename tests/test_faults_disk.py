@@ -323,4 +323,7 @@ def test_sidecar_killed_while_holding_rows_for_a_full_disk_loses_none_uncounted(
         finish(script)
         assert not is_live_sidecar(successor, script.root)
 
-    check_rows_and_losses(run_dir, WARMUP_ROWS + held_rows + AFTER_ROWS)
+    _, missing = check_rows_and_losses(run_dir, WARMUP_ROWS + held_rows + AFTER_ROWS)
+    assert missing > 0
+    # ... and finish() says so (a warning, shown even with silent=True), as it does for drops.
+    assert f"{missing} records dropped" in script.stderr(), script.stderr()[-3000:]

@@ -420,7 +420,7 @@ class JournalWriter:
                 self._fs.fsync_dir(path)
             for seg, _size in plan.segments:
                 path = seg.path
-                self._fs.fsync(seg.fd)
+                pass
             for path in plan.closed:
                 _fsync_path(self._fs, path)
         except OSError as e:

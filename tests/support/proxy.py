@@ -168,27 +168,32 @@ class Proxy:
         self.mode = mode
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._flowing is not None
         task = asyncio.current_task()
         assert task is not None
         pipe = self._pipes[task] = Pipe(writer, task)
         self.accepted += 1
         try:
-            await self._flowing.wait()  # a stalled path does not reach the upstream either
-            try:
-                up_reader, up_writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.upstream_host, self.upstream_port), CALL_TIMEOUT
-                )
-            except (OSError, TimeoutError):
-                pipe.close(rst=True)  # upstream down: the client's connection is reset
-                return
-            pipe.ends.append(up_writer)
-            await asyncio.gather(
-                self._pump(reader, up_writer, "up", pipe), self._pump(up_reader, writer, "down", pipe)
-            )
-            pipe.close(rst=False)
+            await self._forward(reader, writer, pipe)
+        except asyncio.CancelledError:
+            pass  # closed by cut/reset/stop; asyncio's own callback would log a cancelled handler
         finally:
             self._pipes.pop(task, None)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pipe: Pipe) -> None:
+        assert self._flowing is not None
+        await self._flowing.wait()  # a stalled path does not reach the upstream either
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(self.upstream_host, self.upstream_port), CALL_TIMEOUT
+            )
+        except (OSError, TimeoutError):
+            pipe.close(rst=True)  # upstream down: the client's connection is reset
+            return
+        pipe.ends.append(up_writer)
+        await asyncio.gather(
+            self._pump(reader, up_writer, "up", pipe), self._pump(up_reader, writer, "down", pipe)
+        )
+        pipe.close(rst=False)
 
     async def _pump(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, way: str, pipe: Pipe
