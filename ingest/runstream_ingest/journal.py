@@ -420,7 +420,7 @@ class JournalWriter:
                 self._fs.fsync_dir(path)
             for seg, _size in plan.segments:
                 path = seg.path
-                pass
+                self._fs.fsync(seg.fd)
             for path in plan.closed:
                 _fsync_path(self._fs, path)
         except OSError as e:

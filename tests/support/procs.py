@@ -97,6 +97,13 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return []
 
 
+def _status(p: psutil.Process) -> str:
+    try:
+        return str(p.status())
+    except psutil.Error:
+        return "gone"
+
+
 def is_sidecar_of(cmdline: list[str], root: Path) -> bool:
     """A sidecar (or a wrapper around one) of a run whose directory is under ``root``."""
     if SIDECAR_MODULE not in cmdline:
@@ -325,7 +332,7 @@ class Script:
         """Processes of this script still alive: sidecars of its runs, and any sidecar pid seen in
         a ring.  Empty after a clean finish."""
         self.track()
-        out = [f"{p.pid}: {' '.join(_cmdline(p))}" for p in sidecar_processes(self.root)]
+        out = [f"{p.pid} ({_status(p)}): {' '.join(_cmdline(p))}" for p in sidecar_processes(self.root)]
         out += [
             f"{pid}: sidecar named in the ring"
             for pid in self.sidecar_pids

@@ -51,11 +51,16 @@ def bound_socket(port: int) -> socket.socket:
 class Pipe:
     """One client connection and its upstream connection."""
 
-    def __init__(self, client: asyncio.StreamWriter, task: asyncio.Task[Any]) -> None:
+    def __init__(
+        self, client: asyncio.StreamWriter, task: asyncio.Task[Any], registry: dict[asyncio.Task[Any], Pipe]
+    ) -> None:
         self.ends: list[asyncio.StreamWriter] = [client]
         self.task = task  # the connection handler: cancelling it stops both pumps
+        self.registry = registry
+        registry[task] = self
 
     def close(self, rst: bool) -> None:
+        self.registry.pop(self.task, None)  # now, so ``connections`` is right when cut() returns
         if asyncio.current_task() is not self.task:
             self.task.cancel()
         for w in self.ends:
@@ -170,7 +175,7 @@ class Proxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        pipe = self._pipes[task] = Pipe(writer, task)
+        pipe = Pipe(writer, task, self._pipes)
         self.accepted += 1
         try:
             await self._forward(reader, writer, pipe)
@@ -195,9 +200,7 @@ class Proxy:
         )
         pipe.close(rst=False)
 
-    async def _pump(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, way: str, pipe: Pipe
-    ) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, way: str, pipe: Pipe) -> None:
         """Read from ``src`` into a bounded queue; ``_send`` forwards it when due.  Ends at EOF
         (passed on as a half-close) or at an error (passed on as a reset of the whole pipe)."""
         assert self._flowing is not None
@@ -231,9 +234,9 @@ class Proxy:
                     if dst.can_write_eof():
                         dst.write_eof()
                     return
+                self.forwarded[way] += len(data)  # first: a reader may see the bytes at once
                 dst.write(data)
                 await dst.drain()
-                self.forwarded[way] += len(data)
         except OSError:
             pipe.close(rst=True)
 
@@ -245,4 +248,12 @@ class Proxy:
             self._sock.close()
         for pipe in list(self._pipes.values()):
             pipe.close(rst=False)
-        await asyncio.sleep(0)  # let the cancelled handlers unwind before the loop stops
+        # Let every task unwind and every aborted transport run its close callback before the
+        # loop stops: a callback left queued would leave its socket open.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=CALL_TIMEOUT)
+        for _ in range(3):
+            await asyncio.sleep(0)
