@@ -19,7 +19,15 @@ from runstream_ingest.storage.base import StorageError
 
 I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
-    [math.nan, -math.nan, math.inf, -math.inf, -0.0, 0.0, struct.unpack("<d", struct.pack("<Q", 0x7FF8DEADBEEF0001))[0]]
+    [
+        math.nan,
+        -math.nan,
+        math.inf,
+        -math.inf,
+        -0.0,
+        0.0,
+        struct.unpack("<d", struct.pack("<Q", 0x7FF8DEADBEEF0001))[0],
+    ]
 )
 
 
@@ -121,7 +129,9 @@ def test_values_that_cannot_go_in_a_chunk_are_refused() -> None:
 
 def test_encode_points_cuts_columns_evenly_below_the_chunk_limit() -> None:
     n = 20_000
-    out = ck.encode_points(list(range(n)), [float(i) for i in range(n)], [float(i) for i in range(n)], ck.VT_F64)
+    out = ck.encode_points(
+        list(range(n)), [float(i) for i in range(n)], [float(i) for i in range(n)], ck.VT_F64
+    )
     assert [s.count for _, s in out] == [4000] * 5
     assert [s.first_step for _, s in out] == [0, 4000, 8000, 12000, 16000]
 
@@ -186,7 +196,9 @@ def columns_as_points(cols: ck.Columns) -> dict[str, list[tuple[int, Any]]]:
 
 @given(bodies())
 @settings(max_examples=150, deadline=None)
-def test_columns_hold_every_value_of_every_row_as_the_offline_reader_sees_it(dicts: list[dict[Any, Any]]) -> None:
+def test_columns_hold_every_value_of_every_row_as_the_offline_reader_sees_it(
+    dicts: list[dict[Any, Any]],
+) -> None:
     steps = list(range(len(dicts)))
     times = [1000.0 + i for i in steps]
     packed = [rec.pack_body(d) for d in dicts]
@@ -205,7 +217,9 @@ def test_columns_hold_every_value_of_every_row_as_the_offline_reader_sees_it(dic
 
 def test_uniform_rows_of_floats_take_the_fast_path() -> None:
     rng = random.Random(1)
-    packed = [rec.pack_body({"loss": rng.random(), "acc": rng.random(), "ok": True, "epoch": 3}) for _ in range(100)]
+    packed = [
+        rec.pack_body({"loss": rng.random(), "acc": rng.random(), "ok": True, "epoch": 3}) for _ in range(100)
+    ]
     cols = ck.uniform_columns(packed, list(range(100)), [0.0] * 100)
     assert cols is not None
     assert cols.numeric["epoch"].values[-1] == 3 and type(cols.numeric["epoch"].values[-1]) is int
@@ -221,7 +235,10 @@ def test_same_length_rows_with_other_keys_leave_the_fast_path() -> None:
 
 
 def test_rows_at_or_below_the_last_step_are_counted_not_kept() -> None:
-    records = [rec.Record(i + 1, rec.KIND_ROW, 0, step, 0.0, rec.pack_body({"x": i})) for i, step in enumerate([5, 6, 6, 4, 9])]
+    records = [
+        rec.Record(i + 1, rec.KIND_ROW, 0, step, 0.0, rec.pack_body({"x": i}))
+        for i, step in enumerate([5, 6, 6, 4, 9])
+    ]
     cols, malformed, dropped = ck.rows_to_columns(records, last_step=5)
     assert cols is not None and not malformed
     assert cols.steps == [6, 9] and dropped == 3
@@ -242,10 +259,12 @@ def test_rows_whose_body_is_not_a_map_are_handed_back_as_malformed() -> None:
 
 
 @given(st.lists(st.integers(1, ck.CHUNK_MAX), max_size=60), st.booleans())
-def test_compaction_plans_merge_only_adjacent_small_chunks_within_the_limit(sizes: list[int], final: bool) -> None:
+def test_compaction_plans_merge_only_adjacent_small_chunks_within_the_limit(
+    sizes: list[int], final: bool
+) -> None:
     metas = list(enumerate(sizes))
     groups = ck.plan_merges(metas, final)
-    seen = set()
+    seen: set[int] = set()
     for g in groups:
         ids = [i for i, _ in g]
         assert len(g) > 1 and ids == list(range(ids[0], ids[0] + len(ids)))  # adjacent

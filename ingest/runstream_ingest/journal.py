@@ -24,9 +24,9 @@ Invariants
     * A failed fsync is never trusted on retry: after EIO the kernel may have dropped the dirty
       pages, and a second fsync of the same file would "succeed" over a hole.  Every frame not
       yet covered by a good fsync is therefore kept in memory (``unsynced``) and, when an fsync
-      fails, rewritten into a fresh segment, whose fsync is the one that counts.  The same frame may so appear twice in a journal,
-      and a rewrite may follow newer frames that survived; the reader takes frames in seq
-      order and returns each record once.
+      fails, rewritten into a fresh segment, whose fsync is the one that counts.  A frame may
+      so appear twice in a journal, and a rewrite may follow newer frames that survived; the
+      reader takes frames in seq order and returns each record once.
     * Records carry seqs that grow by one; the journal only needs them to be increasing across
       frames, and never looks inside a payload.
 

@@ -137,7 +137,7 @@ class _Scan:
             ):
                 if damage_at is None:
                     damage_at = at
-                self.pos += HEADER_SIZE + min(plen, len(self.buf))  # need() may have moved the window; pos still points at the magic
+                self.pos += 1  # need() may have moved the window; pos still points at the magic
                 continue
             if damage_at is not None:
                 yield Damage(damage_at, at - damage_at, False)

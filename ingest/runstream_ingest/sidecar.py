@@ -90,6 +90,7 @@ class Sidecar:
         self._sync_task: asyncio.Future[Any] | None = None
         self._last_sync = time.monotonic()
         self._initial_ppid = os.getppid()
+        self._errors_before = int(ring.words[W_JOURNAL_ERRORS])
         # The summary is folded from journaled batches while the sidecar is idle, so finish need
         # not replay the whole journal.  Past the backlog bound (or when an earlier sidecar wrote
         # part of the journal) it falls back to a replay at exit.
@@ -130,7 +131,7 @@ class Sidecar:
         w = self.words
         w[W_JOURNALED] = self.journaled
         w[W_JOURNALED_SEQ] = self.journal.written_seq
-        w[W_JOURNAL_ERRORS] = self.journal.errors
+        w[W_JOURNAL_ERRORS] = self._errors_before + self.journal.errors  # cumulative over sidecars
 
     def _to_summarise(self, data: bytes) -> None:
         if self._summary_replay:
@@ -349,6 +350,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--writer-id", default="")
     p.add_argument("--resume", default="")
     p.add_argument("--upload-timeout", type=float, default=55.0)
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     return p.parse_args(argv)
 
 
@@ -379,11 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     ring = RingMap.attach(opts.ring)
     log.info("sidecar up: ring %s (%d bytes), run dir %s", opts.ring, ring.capacity, opts.run_dir)
     sidecar = Sidecar(ring, opts.run_dir, opts)
-    try:
+    if opts.loop == "uvloop":
         import uvloop
 
         code = uvloop.run(sidecar.run())
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX platform
+    else:  # after uvloop aborted (libuv aborts on some unexpected write errors): the stdlib loop
         code = asyncio.run(sidecar.run())
     log.info(
         "sidecar done: %d records journaled (seq %d, synced %d), head %d",

@@ -33,6 +33,7 @@ from .ring import (
     W_DROPPED,
     W_JOURNALED,
     W_JOURNALED_SEQ,
+    W_SIDECAR_LOST,
     W_STEP_REGRESSIONS,
     W_SYNCED_SEQ,
     RingMap,
@@ -348,7 +349,7 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         w = ring.words
         journaled, synced = int(w[W_JOURNALED]), int(w[W_SYNCED_SEQ])
         written, acked = int(w[W_JOURNALED_SEQ]), int(w[W_ACKED_SEQ])
-        dropped = int(w[W_DROPPED]) + int(w[W_STEP_REGRESSIONS])
+        dropped = int(w[W_DROPPED]) + int(w[W_STEP_REGRESSIONS]) + int(w[W_SIDECAR_LOST])
         if _active is run:
             _unpublish()
         ring.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +40,7 @@ class SidecarSupervisor:
         self.run_dir = run_dir
         self.settings = settings
         self.restarts = 0
+        self.loop = "uvloop"
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -59,6 +61,7 @@ class SidecarSupervisor:
             "--fsync-interval", str(s.fsync_interval),
             "--memory", str(s.sidecar_memory),
             "--zstd-level", str(s.zstd_level),
+            "--loop", self.loop,
             *self.extra_args,
         ]  # fmt: skip
         # For fault tests and debugging: run the sidecar under a wrapper such as fiu-run or strace.
@@ -108,6 +111,8 @@ class SidecarSupervisor:
                     )
                     return
                 self.restarts += 1
+                if proc.returncode == -signal.SIGABRT:
+                    self.loop = "asyncio"  # libuv aborts on some I/O errors; the stdlib loop doesn't
                 print(
                     f"runstream: warning: the sidecar exited (code {proc.returncode}); started a new one "
                     "on the same ring and journal",

@@ -8,10 +8,10 @@ It keeps apart what a process sees (the page cache) and what would survive a pow
   that directory; until then each such change is logged and may or may not survive.
 
 ``crash(rng, mode)`` then builds the state a reboot would find: for every file ``"drop"`` keeps
-only its durable bytes, ``"prefix"`` keeps a random prefix of what was written after them,
-``"garbage"`` also adds a random tail to a file with unsynced changes (garbage or zeros, as a
-crash with delayed allocation leaves);
-each un-fsynced directory change survives or vanishes at random (all vanish with ``"drop"``).
+only its durable bytes, ``"prefix"`` keeps a random prefix of what was written after them (or
+the old content, for a truncate), ``"garbage"`` also adds a random tail to a file with unsynced
+changes (garbage or zeros, as a crash with delayed allocation leaves).  Each un-fsynced change
+to a directory survives or vanishes at random (all vanish with ``"drop"``).
 
 Faults, for the error paths of the code under test:
 

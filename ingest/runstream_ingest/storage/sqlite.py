@@ -167,8 +167,12 @@ class SqliteStorage:
                         f"{self.path} has storage schema version {row[0]}; "
                         f"this server reads version {SCHEMA_VERSION}"
                     )
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot open {self.path}: {e}") from e
+        except BaseException as e:
+            if hasattr(self, "_w"):
+                self._w.close()
+            if isinstance(e, sqlite3.Error):
+                raise StorageError(f"cannot open {self.path}: {e}") from e
+            raise
 
     # --- connections and transactions --------------------------------------------------------
     def _connect(self, write: bool) -> sqlite3.Connection:
@@ -434,9 +438,8 @@ class SqliteStorage:
                 )
                 fold.add_latest(last)
                 last_step, row_count = steps[-1], row_count + len(steps)
-        for r in system:
-            if not self._system(c, rid, r, chunk_rows):
-                raw.append((r, "system sample holds values that are not numbers"))
+        if system:
+            raw += self._system(c, rid, system, chunk_rows)
         c.executemany(INSERT_CHUNK, chunk_rows)
         if raw:
             c.executemany(
@@ -483,20 +486,36 @@ class SqliteStorage:
         sets["heartbeat_at"] = self._clock()
         c.execute(f"UPDATE runs SET {assign} WHERE id = ?", (*sets.values(), rid))
 
-    def _system(self, c: sqlite3.Connection, rid: int, r: rec.Record, out: list[tuple[Any, ...]]) -> bool:
-        try:
-            body = r.value()
-        except Exception:
-            return False
-        if not isinstance(body, dict):
-            return False
-        flat = {str(k): v for k, v in flatten(body).items()}
-        good = {k: v for k, v in flat.items() if ck.value_type([v]) is not None}
-        sids = self._series(c, rid, SYSTEM, list(good))
-        for k, v in good.items():
-            blob, st = ck.encode_chunk([r.step], [r.time], [v])
-            out.append(_chunk_row(sids[k], blob, st))
-        return len(good) == len(flat)
+    def _system(
+        self, c: sqlite3.Connection, rid: int, records: list[rec.Record], out: list[tuple[Any, ...]]
+    ) -> list[tuple[rec.Record, str]]:
+        """A batch's system samples as one chunk per key (x = time); a sample holding something
+        other than numbers is also kept raw, so nothing of it is lost."""
+        raw: list[tuple[rec.Record, str]] = []
+        samples: list[tuple[float, int, dict[str, Any]]] = []
+        for r in records:
+            try:
+                body = r.value()
+            except Exception:
+                body = None
+            if not isinstance(body, dict):
+                raw.append((r, "malformed body"))
+                continue
+            flat = {str(k): v for k, v in flatten(body).items()}
+            good = {k: v for k, v in flat.items() if ck.value_type([v]) is not None}
+            if len(good) != len(flat):
+                raw.append((r, "system sample holds values that are not numbers"))
+            samples.append((r.time, r.step, good))
+        if samples:
+            samples.sort(key=itemgetter(0))  # chunks of a system series are in time order
+            cols = ck.build_columns(
+                [s for _, s, _ in samples], [t for t, _, _ in samples], [d for *_, d in samples]
+            )
+            sids = self._series(c, rid, SYSTEM, list(cols.numeric))
+            for key, col in cols.numeric.items():
+                for blob, st in ck.encode_points(col.steps, col.times, col.values, col.vtype):
+                    out.append(_chunk_row(sids[key], blob, st))
+        return raw
 
     def _console(self, c: sqlite3.Connection, rid: int, r: rec.Record) -> bool:
         try:
@@ -572,33 +591,45 @@ class SqliteStorage:
                 (rid, ck.COMPACT_MIN),
             ).fetchall()
         removed = 0
+        damaged: list[str] = []  # chunks compaction left alone
         for sid, kind, name in todo:
-            with self._write(f"compacting run {path} key {name!r}") as c:
-                order = "first_step" if kind == HISTORY else "first_time"
-                metas = c.execute(
-                    f"SELECT id, count FROM chunks WHERE series = ? ORDER BY {order}, id", (sid,)
-                ).fetchall()
-                for group in ck.plan_merges(metas, final):
-                    ids = [i for i, _ in group]
-                    marks = ",".join("?" * len(ids))
-                    blobs = dict(
-                        c.execute(f"SELECT id, data FROM chunks WHERE id IN ({marks})", ids).fetchall()
-                    )
-                    pts: list[tuple[int, float, Any]] = []
+            removed += self._compact_series(path, sid, kind, name, final, damaged)
+        if damaged:
+            raise StorageError(f"compacting run {path}: left damaged chunks alone: {'; '.join(damaged)}")
+        return removed
+
+    def _compact_series(
+        self, path: str, sid: int, kind: int, name: str, final: bool, damaged: list[str]
+    ) -> int:
+        removed = 0
+        with self._write(f"compacting run {path} key {name!r}") as c:
+            order = "first_step" if kind == HISTORY else "first_time"
+            metas = c.execute(
+                f"SELECT id, count FROM chunks WHERE series = ? ORDER BY {order}, id", (sid,)
+            ).fetchall()
+            for group in ck.plan_merges(metas, final):
+                ids = [i for i, _ in group]
+                marks = ",".join("?" * len(ids))
+                blobs = dict(c.execute(f"SELECT id, data FROM chunks WHERE id IN ({marks})", ids).fetchall())
+                pts: list[tuple[int, float, Any]] = []
+                try:
                     for i in ids:
-                        ch = ck.decode_chunk(blobs[i], f"run {path} key {name!r} chunk {i}")
-                        pts += zip(*ch, strict=True)
-                    if kind == SYSTEM:
-                        pts.sort(key=itemgetter(1))
-                    steps, times, values = (list(x) for x in zip(*pts, strict=True))
-                    if kind == HISTORY and not all(map(lt, steps, steps[1:])):
-                        raise StorageError(
-                            f"run {path} key {name!r}: chunks {ids} overlap in steps; not merged"
+                        pts += zip(
+                            *ck.decode_chunk(blobs[i], f"run {path} key {name!r} chunk {i}"), strict=True
                         )
-                    blob, st = ck.encode_chunk(steps, times, values)
-                    c.execute(INSERT_CHUNK, _chunk_row(sid, blob, st))
-                    c.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
-                    removed += len(ids) - 1
+                except ck.ChunkCorrupt as e:  # keep damaged chunks as they are; merge the rest
+                    damaged.append(str(e))
+                    continue
+                if kind == SYSTEM:
+                    pts.sort(key=itemgetter(1))
+                steps, times, values = (list(x) for x in zip(*pts, strict=True))
+                if kind == HISTORY and not all(map(lt, steps, steps[1:])):
+                    damaged.append(f"run {path} key {name!r}: chunks {ids} overlap in steps")
+                    continue
+                blob, st = ck.encode_chunk(steps, times, values)
+                c.execute(INSERT_CHUNK, _chunk_row(sid, blob, st))
+                c.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
+                removed += len(ids) - 1
         return removed
 
     # --- reading -----------------------------------------------------------------------------
@@ -660,8 +691,8 @@ class SqliteStorage:
             raise ValueError(f"page_size must be at least 1, not {page_size}")
         with self._read("scanning history") as c:
             self._need_run(c, entity, project, run_id)
-        lo = STEP_MIN if min_step is None else min_step
-        hi = STEP_MAX if max_step is None else max_step
+        lo = STEP_MIN if min_step is None else max(min_step, STEP_MIN)
+        hi = STEP_MAX if max_step is None else min(max_step, STEP_MAX)
         return self._scan(entity, project, run_id, keys, lo, hi, page_size)
 
     def _scan(
@@ -777,8 +808,8 @@ class SqliteStorage:
             if row is None:
                 return []
             sid, start = row
-            lo = STEP_MIN if min_step is None else min_step
-            hi = STEP_MAX if max_step is None else max_step
+            lo = STEP_MIN if min_step is None else max(min_step, STEP_MIN)
+            hi = STEP_MAX if max_step is None else min(max_step, STEP_MAX)
             metas = c.execute(
                 "SELECT id, first_step, last_step, count, nans, min, max, sum FROM chunks"
                 " WHERE series = ? AND last_step >= ? AND first_step <= ? ORDER BY first_step",
