@@ -50,6 +50,18 @@ def read_all(reader: RingReader, budget: int = 1 << 30) -> list[rec.Record]:
     return out
 
 
+def drain(writer: RingWriter, reader: RingReader) -> list[bytes]:
+    """Read and release until ring and overflow are both empty; the bodies, in order."""
+    got: list[bytes] = []
+    while True:
+        writer.drain_overflow()
+        more = read_all(reader)
+        reader.release()
+        got += [r.body for r in more]
+        if not more and not writer.overflow_bytes:
+            return got
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -145,13 +157,7 @@ def test_everything_pushed_is_read_once_in_order_after_full_drain() -> None:
             if i % 13 == 0:
                 got += [r.body for r in read_all(reader)]
                 reader.release()
-        while True:
-            writer.drain_overflow()
-            more = read_all(reader)
-            reader.release()
-            got += [r.body for r in more]
-            if not more and not writer.overflow_bytes:
-                break
+        got += drain(writer, reader)
         assert got == sent
         assert ring.words[W_DROPPED] == 0
     finally:
@@ -170,14 +176,7 @@ def test_full_ring_and_overflow_drop_newest_and_count_them() -> None:
         dropped = ring.words[W_DROPPED]
         assert dropped > 0
         reader = RingReader(RingMap.attach(path))
-        got = []
-        while True:
-            writer.drain_overflow()
-            more = read_all(reader)
-            reader.release()
-            got += [r.body for r in more]
-            if not more and not writer.overflow_bytes:
-                break
+        got = drain(writer, reader)
         assert got == sent[: len(got)]  # what survived is the oldest prefix, in order
         assert len(got) + dropped == len(sent)
     finally:

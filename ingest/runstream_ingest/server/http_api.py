@@ -11,28 +11,19 @@ thread pool (the storage gives each reading thread its own connection).
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from runstream.reader import json_safe
+
 from ..storage.base import Storage
 from .auth import Authenticator, AuthError
 
 T = TypeVar("T")
 MAX_PAGE = 10_000
-
-
-def json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def run_json(info: Any) -> dict[str, Any]:
