@@ -130,7 +130,7 @@ def finish_and_verify(run: Any, rows: int) -> dict[str, Any]:
     run.finish()
     finish_s = time.perf_counter() - t0
     state, health = replay(Path(run.dir), keep_rows=False)
-    last_step = state.last_row["_step"] if state.last_row else -1
+    last_step = state.last_step if hasattr(state, "last_step") else (state.last_row or {}).get("_step", -1)
     ok = state.row_count == rows and last_step == rows - 1 and state.dropped == 0 and not counters["dropped"]
     return {
         "rows_expected": rows,

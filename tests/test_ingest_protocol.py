@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import psutil
 import pytest
+import yaml
 import zstandard
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -98,7 +99,7 @@ def batch_msg(
         batch=pb.Batch(
             first_seq=first,
             last_seq=last,
-            codec=codec,  # type: ignore[arg-type]
+            codec=codec,
             crc32c=rec.crc32c(payload) if crc is None else crc,
             payload=payload,
             record_count=last - first + 1 if record_count is None else record_count,
@@ -319,6 +320,17 @@ def test_http_errors_have_one_json_shape(ingest: Ingest, path: str, status: int,
     got, ctype, body = http_get(ingest.srv.url + path)
     assert (got, ctype.split(";")[0]) == (status, "application/json"), body
     assert body["error"] == code and body["message"], body
+
+
+def test_the_docs_list_every_http_endpoint() -> None:
+    from runstream_ingest.server.http_api import HttpApi
+
+    app = HttpApi(None, None, None, {}).app()  # type: ignore[arg-type]
+    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    assert set(yaml.safe_load((docs / "openapi.yaml").read_text())["paths"]) == routes
+    prose = (docs / "http-api.md").read_text()
+    assert [r for r in sorted(routes) if f"## GET {r}" not in prose] == []
 
 
 # --- exactly once --------------------------------------------------------------------------------

@@ -9,10 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -283,3 +287,50 @@ def test_an_online_run_streams_with_the_key_and_never_writes_it_down(
     assert any(p.parent.name == "journal" for p in written) and any(p.name == "upload.json" for p in written)
     for path in written:
         assert key.encode() not in path.read_bytes(), f"the API key is written in {path}"
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost: (cert, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_with_tls_both_grpc_and_the_http_api_speak_tls(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    """``--tls-cert/--tls-key`` protect keys on both ports: the server advertises ``https://``,
+    so the HTTP API (reads, and the discovery call clients send their key with) must speak it."""
+    cert, cert_key = certificate
+    srv = start_server(tmp_path / "srv", "--auth", "--tls-cert", str(cert), "--tls-key", str(cert_key))
+    try:
+        assert srv.url.startswith("https://")
+        key = create_key(srv.data_dir, TEAM_A)
+        run_id = uid()
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{srv.grpc_port}", creds) as channel:
+            answers = stream(pb_grpc.IngestStub(channel), [open_run(run_id), batch_msg(1, 2)], bearer(key))
+        assert acks(answers) == [2]
+
+        tls = ssl.create_default_context(cafile=str(cert))
+        req = urllib.request.Request(
+            f"{srv.url}/api/v1/runs/{TEAM_A}/{PROJECT}/{run_id}", headers=dict(bearer(key))
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30, context=tls) as resp:
+                assert json.load(resp)["rows"] == 2
+        except urllib.error.URLError as e:
+            raise AssertionError(f"the HTTP API at {srv.url} does not speak TLS: {e.reason}") from None
+    finally:
+        srv.stop()

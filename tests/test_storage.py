@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from runstream import records as rec
 from runstream.reader import RunState
 from runstream_ingest.storage import chunks as ck
+from runstream_ingest.storage import open_storage
 from runstream_ingest.storage.base import (
     KIND_CONSOLE,
     KIND_FILE,
@@ -743,6 +744,33 @@ def test_a_corrupted_chunk_raises_a_storage_error_naming_it(backend: Backend) ->
     assert history(s, keys=["epoch"])  # other keys still read
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_compaction_leaves_a_damaged_chunk_alone_and_merges_the_rest(backend: Backend) -> None:
+    s = backend.open()
+    s.open_run(E, P, "r", "w", "")
+    f = training_feed(30)
+    f.add(rec.KIND_EXIT, {"exit_code": 0})
+    for first in range(1, len(f.records) + 1, 8):
+        f.store(s, first=first, last=min(first + 7, len(f.records)))
+    with closing(sqlite3.connect(str(backend.path))) as db, db:
+        cid, blob = db.execute(
+            "SELECT c.id, c.data FROM chunks c JOIN series s ON s.id = c.series WHERE s.name = 'loss'"
+        ).fetchone()
+        db.execute("UPDATE chunks SET data = ? WHERE id = ?", (blob[:-1], cid))
+    with pytest.raises(StorageError, match=f"key 'loss' chunk {cid}"):
+        s.compact(E, P, "r")
+    assert history(s, keys=["epoch"]) == [
+        {k: r[k] for k in ("_step", "_timestamp", "_runtime", "epoch")} for r in f.state().rows
+    ]
+    with closing(sqlite3.connect(str(backend.path))) as db:
+        per_key = dict(
+            db.execute(
+                "SELECT s.name, count(*) FROM chunks c JOIN series s ON s.id = c.series GROUP BY s.name"
+            )
+        )
+    assert per_key == {"epoch": 1, "_timestamp": 1, "loss": 4}  # loss: the damaged chunk and its group
+
+
 def test_readers_on_other_threads_see_whole_batches_only(storage: Storage) -> None:
     storage.open_run(E, P, "r", "w", "")
     f = Feed()
@@ -775,6 +803,18 @@ def test_readers_on_other_threads_see_whole_batches_only(storage: Storage) -> No
     assert all(n % 500 == 0 for n in seen)
 
 
+def test_open_storage_opens_sqlite_by_url_or_path(tmp_path: Path) -> None:
+    for where in (f"sqlite://{tmp_path}/a.db", str(tmp_path / "b.db")):
+        s = open_storage(where)
+        try:
+            assert isinstance(s, SqliteStorage) and s.open_run(E, P, "r", "w", "").acked_seq == 0
+        finally:
+            s.close()
+    assert (tmp_path / "a.db").exists() and (tmp_path / "b.db").exists()
+    with pytest.raises(StorageError, match="PostgreSQL"):
+        open_storage("postgresql://localhost/runstream")
+
+
 def test_list_runs_pages_newest_first(backend: Backend) -> None:
     now = [0.0]
     s = backend.open(clock=lambda: now[0])
@@ -784,5 +824,6 @@ def test_list_runs_pages_newest_first(backend: Backend) -> None:
     s.open_run(E, "other", "x", "w", "")
     assert [r.run_id for r in s.list_runs(E, P)] == ["r4", "r3", "r2", "r1", "r0"]
     assert [r.run_id for r in s.list_runs(E, P, limit=2, offset=1)] == ["r3", "r2"]
+    assert s.list_runs(E, P, offset=10**20) == [] and s.list_runs(E, P, limit=0) == []
     assert s.list_projects(E) == ["other", P]
     assert s.list_projects("nobody") == []

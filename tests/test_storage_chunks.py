@@ -226,6 +226,18 @@ def test_uniform_rows_of_floats_take_the_fast_path() -> None:
     assert cols.numeric["ok"].values[0] is True
 
 
+def test_train_and_eval_rows_take_the_fast_path_and_merge_in_row_order() -> None:
+    dicts = [{"loss": i / 10, "lr": 0.1, **({"val": i} if i % 4 == 0 else {})} for i in range(12)]
+    dicts[5]["lr"] = 1  # an int among floats: the key becomes MIXED
+    cols = ck.uniform_columns([rec.pack_body(d) for d in dicts], list(range(12)), [0.0] * 12)
+    assert cols is not None
+    assert cols.order == ["loss", "lr", "val", "_timestamp"]
+    assert list(cols.numeric["loss"].values) == [i / 10 for i in range(12)]
+    assert list(cols.numeric["val"].steps) == [0, 4, 8] and list(cols.numeric["val"].values) == [0, 4, 8]
+    lr = cols.numeric["lr"]
+    assert lr.vtype == ck.VT_MIXED and canon(list(lr.values)) == canon([d["lr"] for d in dicts])
+
+
 def test_same_length_rows_with_other_keys_leave_the_fast_path() -> None:
     packed = [rec.pack_body({"acc_a": 1.0}), rec.pack_body({"acc_b": 2.0})]
     assert len(packed[0]) == len(packed[1])

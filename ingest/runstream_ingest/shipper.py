@@ -41,6 +41,7 @@ log = logging.getLogger("runstream.shipper")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
 WINDOW_BYTES = 8 << 20  # unacked bytes in flight on a stream
+MAX_PAYLOAD = (16 << 20) - 4096  # the server's default message limit, less the envelope
 HEARTBEAT_EVERY = 5.0
 FATAL = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -76,9 +77,7 @@ class Identity:
 def discover(url: str, api_key: str | None, timeout: float = 5.0) -> Target:
     """Ask the server which gRPC port goes with its HTTP address (raises OSError when down)."""
     base = url.rstrip("/")
-    req = urllib.request.Request(base + "/api/v1/info")
-    if api_key:
-        req.add_header("authorization", f"Bearer {api_key}")
+    req = urllib.request.Request(base + "/api/v1/info")  # needs no key: none is sent
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         info = json.load(resp)
     host = base.split("://", 1)[-1].rsplit(":", 1)[0]
@@ -234,7 +233,7 @@ class Shipper:
         loop = asyncio.get_running_loop()
         target = await loop.run_in_executor(None, discover, self.url, self.api_key)
         options = [
-            ("grpc.max_send_message_length", 16 << 20),
+            ("grpc.max_send_message_length", 64 << 20),  # the server's limit is the one that counts
             ("grpc.keepalive_time_ms", 20_000),
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
@@ -292,6 +291,12 @@ class Shipper:
             room = WINDOW_BYTES - sum(n for _, n in inflight)
             frames = self.tail.poll(max(room, 1)) if room > 0 else []
             for first, last, codec, payload in frames:
+                if len(payload) > MAX_PAYLOAD:
+                    self.fatal = (
+                        f"frame {first}..{last} is {len(payload)} bytes, over the {MAX_PAYLOAD}-byte "
+                        "message limit; it cannot be uploaded"
+                    )
+                    raise ValueError(self.fatal)
                 batch = pb.Batch(
                     first_seq=first,
                     last_seq=last,

@@ -67,13 +67,16 @@ MIN_CAPACITY = 64 * 1024
 DEFAULT_CAPACITY = 64 * 1024 * 1024
 
 
+MAX_RECORD = 8 * 1024 * 1024  # one record must fit a 16 MiB ingest message with room to spare
+
+
 def max_record(capacity: int) -> int:
-    """Largest record (header and padding included) a ring of ``capacity`` can always place.
+    """Largest record (header and padding included) a ring of ``capacity`` accepts.
 
     A record must be contiguous, so one larger than half the ring could wait forever for a
-    position that leaves room for it before the end.
+    position that leaves room for it before the end; and it must fit one message to the server.
     """
-    return capacity // 2
+    return min(capacity // 2, MAX_RECORD)
 
 
 def default_ring_path(run_id: str, run_dir: Path) -> Path:
@@ -212,8 +215,9 @@ class RingWriter:
     def _queue(self, kind: int, step: int, t: float, body: bytes, size: int) -> None:
         if size > self._max:
             raise RecordTooLargeError(
-                f"a record of {size} bytes is larger than this ring can hold ({self._max} bytes, half "
-                f"of its {self._cap}-byte capacity); log less per call or raise settings ring_size"
+                f"a record of {size} bytes is larger than runstream accepts ({self._max} bytes: half "
+                f"the {self._cap}-byte ring, at most {MAX_RECORD}); log less per call, or raise "
+                "settings ring_size if the ring is the limit"
             )
         self.drain_overflow()
         if not self._overflow and self._put(kind, step, t, body, size):

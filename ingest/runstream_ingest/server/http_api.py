@@ -11,8 +11,10 @@ thread pool (the storage gives each reading thread its own connection).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -24,6 +26,28 @@ from .auth import Authenticator, AuthError
 
 T = TypeVar("T")
 MAX_PAGE = 10_000
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+log = logging.getLogger("runstream.server.http")
+_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND"}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error in one shape, ``{"error": CODE, "message": ...}``: aiohttp's own (no route,
+    wrong method) and unexpected exceptions (500, details in the server log) included."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except web.HTTPException as e:
+        if e.status < 400 or e.content_type == "application/json":
+            raise
+        code = _CODES.get(e.status) or HTTPStatus(e.status).name
+        err = _error(e.status, code, e.reason)
+        if "Allow" in e.headers:
+            err.headers["Allow"] = e.headers["Allow"]
+        raise err from None
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        raise _error(500, "INTERNAL", "internal server error (see the server log)") from None
 
 
 def run_json(info: Any) -> dict[str, Any]:
@@ -71,7 +95,7 @@ class HttpApi:
             raise _error(status, e.code.name, e.message) from None
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[json_errors])
         app.add_routes(
             [
                 web.get("/api/v1/info", self.get_info),
@@ -147,6 +171,8 @@ def _int(request: web.Request, name: str, default: Any, lo: int | None, hi: int 
         value = int(raw)
     except ValueError:
         raise _error(400, "INVALID_ARGUMENT", f"{name} must be an integer, not {raw!r}") from None
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    lo = I64_MIN if lo is None else lo
+    hi = I64_MAX if hi is None else hi
+    if not lo <= value <= hi:
         raise _error(400, "INVALID_ARGUMENT", f"{name}={value} is outside [{lo}, {hi}]")
     return value

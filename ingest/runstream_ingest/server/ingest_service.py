@@ -38,7 +38,7 @@ from .auth import Authenticator, AuthError
 log = logging.getLogger("runstream.server.ingest")
 
 PROTOCOL_VERSION = 1
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: `$` allows a final "\n"
 T = TypeVar("T")
 
 
@@ -76,11 +76,13 @@ def inflate(codec: int, payload: bytes, limit: int) -> bytes:
     # stream that stops at the limit whatever the frame claims.
     try:
         with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
-            out = reader.read(limit + 1)
-            if len(out) > limit or reader.read(1):
+            out = reader.read(limit + 1)  # stops at the end of the first frame
+            if len(out) > limit:
                 raise Refused(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, f"batch inflates past the {limit}-byte limit"
                 )
+            if reader.read(1):
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "payload holds more than one zstd frame")
     except zstandard.ZstdError as e:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"payload does not decompress: {e}") from None
     return bytes(out)
@@ -157,7 +159,7 @@ class IngestService(pb_grpc.IngestServicer):
         o = first.open
         for field in ("entity", "project", "run_id", "writer_id"):
             value = getattr(o, field)
-            if not NAME_RE.match(value):
+            if not NAME_RE.fullmatch(value):
                 raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.{field} {value!r} is not a valid name")
         if o.resume not in ("", "allow", "must", "never", "auto"):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.resume {o.resume!r} is not a resume mode")

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -88,7 +89,11 @@ class Server:
         http = HttpApi(self.storage, self.auth, self.readers, info)
         runner = web.AppRunner(http.app(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, a.host, a.port)
+        https = None
+        if creds is not None:  # the same certificate on both ports: keys never cross in clear
+            https = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            https.load_cert_chain(a.tls_cert, a.tls_key)
+        site = web.TCPSite(runner, a.host, a.port, ssl_context=https)
         await site.start()
         http_port = runner.addresses[0][1]
         scheme = "https" if creds else "http"

@@ -19,6 +19,7 @@ is called once, after writers and readers have stopped.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -304,12 +305,24 @@ class BucketSums:
             a[5] = mx if a[5] is None else max(a[5], mx)
         a[6] += total
 
-    def add_point(self, s: int, v: Any) -> None:
-        v = float(v)
-        if math.isnan(v):
-            self.add_stats(s, s, 1, 1, None, None, 0.0)
-        else:
-            self.add_stats(s, s, 1, 0, v, v, v)
+    def start(self, i: int) -> int:
+        """The first step of bucket i."""
+        return self.lo + (i * self.span + self.n - 1) // self.n
+
+    def add_points(self, steps: Sequence[int], values: Sequence[Any]) -> None:
+        """Points in step order: cut at bucket starts (bisect), each slice summed in C."""
+        i, end = 0, len(steps)
+        while i < end:
+            j = bisect_left(steps, self.start(self.index(steps[i]) + 1), i, end)
+            vals = values[i:j]
+            total = sum(vals)
+            finite, nans = vals, 0
+            if math.isnan(total):  # NaN among them, or both infinities
+                finite = [v for v in vals if not math.isnan(v)]
+                nans, total = len(vals) - len(finite), sum(finite)
+            mn, mx = (float(min(finite)), float(max(finite))) if finite else (None, None)
+            self.add_stats(steps[i], steps[j - 1], len(vals), nans, mn, mx, float(total))
+            i = j
 
     def buckets(self) -> list[Bucket]:
         out = []

@@ -565,11 +565,11 @@ def _template(body: bytes) -> list[tuple[str, int, str, int]] | None:
     return out
 
 
-def uniform_columns(bodies: Sequence[bytes], steps: list[int], times: list[float]) -> Columns | None:
-    """Columns of bodies that all share the first one's layout, or None (use the general path)."""
+def _uniform(bodies: Sequence[bytes]) -> list[tuple[str, Sequence[Any], int]] | None:
+    """(key, values, vtype) per key of bodies that all share the first one's layout, or None."""
     n, width = len(bodies), len(bodies[0])
     tmpl = _template(bodies[0])
-    if tmpl is None or set(map(len, bodies)) != {width}:
+    if tmpl is None:
         return None
     joined = bytearray().join(bodies)
     # Every value's bytes, cut out before they are masked: planes[k] holds byte k of each.
@@ -583,10 +583,8 @@ def uniform_columns(bodies: Sequence[bytes], steps: list[int], times: list[float
     # n non-overlapping copies of a width-byte pattern in n * width bytes tile them exactly.
     if joined.count(mask) != n:
         return None
-    out = Columns(steps, times, {}, [], {}, [])
+    out: list[tuple[str, Sequence[Any], int]] = []
     for key, off, code, size in tmpl:
-        if key in RESERVED:
-            continue
         values: Any
         if code == _FIXINT:
             raw = planes[off][0]
@@ -611,8 +609,67 @@ def uniform_columns(bodies: Sequence[bytes], steps: list[int], times: list[float
                 if code == "Q" and max(a) > I64_MAX:
                     return None
                 values, vtype = array("q", a), VT_I64
-        out.numeric[key] = Column(steps, times, values, vtype)
+        out.append((key, values, vtype))
+    return out
+
+
+MAX_LAYOUTS = 16  # more distinct body lengths than this in a batch: the general path
+
+
+def uniform_columns(bodies: Sequence[bytes], steps: list[int], times: list[float]) -> Columns | None:
+    """Columns of bodies by the fast path, or None (use the general path).
+
+    Bodies are grouped by length (a training loop's rows, and its every-N-steps eval rows, each
+    have one layout); each group must share its first body's layout.  A key found in several
+    groups is merged back into row order with one permutation per set of groups, in C.
+    """
+    n = len(bodies)
+    lens = list(map(len, bodies))
+    groups: list[list[int] | None]
+    if lens.count(lens[0]) == n:
+        groups = [None]  # None: every row
+    else:
+        by_len: dict[int, list[int]] = {}
+        for i, length in enumerate(lens):
+            by_len.setdefault(length, []).append(i)
+        if len(by_len) > MAX_LAYOUTS:
+            return None
+        groups = list(by_len.values())
+    # key -> [(group number, values, vtype)]; key -> (first row, place in its row)
+    found: dict[str, list[tuple[int, Sequence[Any], int]]] = {}
+    seen: dict[str, tuple[int, int]] = {}
+    for g, idx in enumerate(groups):
+        cols = _uniform(bodies if idx is None else [bodies[i] for i in idx])
+        if cols is None:
+            return None
+        first_row = 0 if idx is None else idx[0]
+        for pos, (key, values, vtype) in enumerate(cols):
+            if key not in RESERVED:
+                found.setdefault(key, []).append((g, values, vtype))
+                if key not in seen or seen[key][0] > first_row:
+                    seen[key] = (first_row, pos)
+    order = sorted(seen, key=seen.__getitem__)
+    out = Columns(steps, times, {}, [], {}, order)
+    out.order.insert(sum(1 for k in order if seen[k][0] == 0), "_timestamp")
+    perms: dict[tuple[int, ...], tuple[list[int], list[int]]] = {}
+    for key, parts in found.items():
+        if len(parts) == 1:
+            g, values, vtype = parts[0]
+            idx = groups[g]
+            ks = steps if idx is None else list(map(steps.__getitem__, idx))
+            kt = times if idx is None else list(map(times.__getitem__, idx))
+        else:
+            gs = tuple(g for g, _, _ in parts)
+            if gs not in perms:  # rows of these groups in row order: a permutation of their concatenation
+                rows = [i for g in gs for i in groups[g]]  # type: ignore[union-attr]
+                perm = sorted(range(len(rows)), key=rows.__getitem__)
+                perms[gs] = (list(map(rows.__getitem__, perm)), perm)
+            rows_in_order, perm = perms[gs]
+            joined = list(chain.from_iterable(v for _, v, _ in parts))
+            values = list(map(joined.__getitem__, perm))
+            vtypes = {vt for _, _, vt in parts}
+            vtype = vtypes.pop() if len(vtypes) == 1 else VT_MIXED
+            ks, kt = list(map(steps.__getitem__, rows_in_order)), list(map(times.__getitem__, rows_in_order))
+        out.numeric[key] = Column(ks, kt, values, vtype)
         out.last[key] = values[-1]
-        out.order.append(key)
-    out.order.append("_timestamp")
     return out

@@ -125,6 +125,11 @@ def _str(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
+def _clamp(n: int) -> int:
+    """A count or offset from a request, into SQLite's integer range (past the end is empty)."""
+    return max(0, min(n, STEP_MAX))
+
+
 def _chunk_row(series: int, blob: bytes, s: ck.ChunkStats) -> tuple[Any, ...]:
     # NaN binds as NULL in SQLite: first/last of NaN read back as None, sum of +inf and -inf too.
     return (series, s.first_step, s.last_step, s.first_time, s.last_time, s.count, s.nans, s.min, s.max,
@@ -652,7 +657,7 @@ class SqliteStorage:
             rows = c.execute(
                 RUN_INFO
                 + " WHERE e.name = ? AND p.name = ? ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?",
-                (entity, project, limit, offset),
+                (entity, project, _clamp(limit), _clamp(offset)),
             ).fetchall()
         return [self._info(r) for r in rows]
 
@@ -831,8 +836,7 @@ class SqliteStorage:
                 elif key == "_runtime":
                     values = [t - (start if start is not None else t) for t in times]
                 a, b = bisect_left(steps, lo), bisect_right(steps, hi)
-                for s, v in zip(steps[a:b], values[a:b], strict=True):
-                    acc.add_point(s, v)
+                acc.add_points(steps[a:b], values[a:b])
         return acc.buckets()
 
     def console(
@@ -843,7 +847,7 @@ class SqliteStorage:
             rows = c.execute(
                 "SELECT id, seq, time, stream, line FROM console_lines"
                 " WHERE run = ? AND id > ? ORDER BY id LIMIT ?",
-                (rid, after_id, limit),
+                (rid, _clamp(after_id), _clamp(limit)),
             ).fetchall()
         return [ConsoleLine(*r) for r in rows]
 
