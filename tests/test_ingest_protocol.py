@@ -58,10 +58,16 @@ def open_msg(
     entity: str = ENTITY,
     project: str = PROJECT,
     resume: str = "",
+    version: int = 1,
 ) -> pb.ClientMessage:
     return pb.ClientMessage(
         open=pb.Open(
-            entity=entity, project=project, run_id=run_id, writer_id=writer, resume=resume, protocol_version=1
+            entity=entity,
+            project=project,
+            run_id=run_id,
+            writer_id=writer,
+            resume=resume,
+            protocol_version=version,
         )
     )
 
@@ -483,6 +489,12 @@ def test_bad_names_in_open_are_invalid_argument(ingest: Ingest, field: str, name
 @given(mode=st.text(max_size=20).filter(lambda m: m not in ("", "allow", "auto", "must", "never")))
 def test_an_unknown_resume_mode_is_invalid_argument(ingest: Ingest, mode: str) -> None:
     ingest.expect([open_msg(uid(), resume=mode)], grpc.StatusCode.INVALID_ARGUMENT)
+
+
+@HYPO
+@given(version=st.integers(2, 2**32 - 1))
+def test_an_unsupported_protocol_version_is_failed_precondition(ingest: Ingest, version: int) -> None:
+    ingest.expect([open_msg(uid(), version=version)], grpc.StatusCode.FAILED_PRECONDITION)
 
 
 @HYPO

@@ -139,6 +139,7 @@ class HttpApi:
         self._authorise(request, entity)
         keys_arg = request.query.get("keys")
         keys = [k for k in keys_arg.split(",") if k] if keys_arg else None
+        keys = keys or None  # "?keys=,," asks for no key in particular: every key
         min_step = _int(request, "min_step", None, None, None)
         max_step = _int(request, "max_step", None, None, None)
         page = _int(request, "page_size", 1000, 1, MAX_PAGE)

@@ -161,6 +161,12 @@ class IngestService(pb_grpc.IngestServicer):
             value = getattr(o, field)
             if not NAME_RE.fullmatch(value):
                 raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.{field} {value!r} is not a valid name")
+        if o.protocol_version not in (0, PROTOCOL_VERSION):
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {o.protocol_version} is not supported "
+                f"(this server speaks {PROTOCOL_VERSION})",
+            )
         if o.resume not in ("", "allow", "must", "never", "auto"):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.resume {o.resume!r} is not a resume mode")
         key = self.auth.check(context.invocation_metadata() or (), o.entity)
