@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -48,8 +47,18 @@ class Server:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="storage-writer")
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="storage-reader")
         self.limits = Limits(max_message=args.max_message)
-        self.ingest = IngestService(self.storage, self.auth, self.writer, self.limits)
+        self.touched: set[str] = set()  # runs stored to since the last compaction pass
+        self.ingest = IngestService(
+            self.storage,
+            self.auth,
+            self.writer,
+            self.limits,
+            on_stored=lambda path, _: self.touched.add(path),
+        )
         self._stop = asyncio.Event()
+
+    def _stored(self, run_path: str, acked: int) -> None:
+        self.touched.add(run_path)
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         a = self.args
@@ -127,17 +136,24 @@ class Server:
         return 0
 
     async def _janitor(self) -> None:
-        """Marks runs whose machine went silent as crashed, and compacts history when idle."""
+        """Marks runs whose machine went silent as crashed, and compacts the history chunks of
+        runs that received data (small per-batch chunks merge into chunks of a few thousand)."""
         loop = asyncio.get_running_loop()
         timeout = self.args.heartbeat_timeout
         while True:
             await asyncio.sleep(min(10.0, max(timeout / 4, 0.5)))
-            with contextlib.suppress(Exception):
+            try:
                 crashed = await loop.run_in_executor(
                     self.writer, self.storage.mark_stale_runs_crashed, time.time() - timeout
                 )
                 for path in crashed:
                     log.warning("run %s went silent for %.0fs: marked crashed", path, timeout)
+                touched, self.touched = self.touched, set()
+                for path in touched:
+                    entity, project, run_id = path.split("/")
+                    await loop.run_in_executor(self.writer, self.storage.compact, entity, project, run_id)
+            except Exception:  # the janitor must outlive any one bad run
+                log.exception("janitor pass failed")
 
 
 def serve(args: argparse.Namespace) -> int:
