@@ -42,9 +42,8 @@ from tests.support.procs import Script, start_script
 from tests.support.proxy import Proxy
 from tests.support.server import ServerProc, start_server
 
-from _common import judge, load_case, machine, median_of
-
 import runstream
+from _common import judge, load_case, machine, median_of
 from runstream.api import NotFoundError
 
 TRAIN = """

@@ -259,3 +259,23 @@ def test_resume_must_asks_the_server_and_fails_clearly_for_an_unknown_run(
     monkeypatch.setenv("RUNSTREAM_HOST", server.url)
     with pytest.raises(runstream.UsageError, match=r'resume="must".*nosuch01'):
         runstream.init(id="nosuch01", resume="must", project="r", dir=tmp_path)
+
+
+def test_resume_allow_on_another_machine_continues_after_the_servers_last_step(
+    tmp_path: Path, server: ServerProc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNSTREAM_HOST", server.url)
+    first = runstream.init(id="moved001", project="r", dir=tmp_path / "machine-a", config={"lr": 0.1})
+    for i in range(5):
+        first.log({"i": i})
+    first.finish()
+    # a fresh directory: no local copy of the run, only the server's
+    again = runstream.init(
+        id="moved001", project="r", resume="allow", dir=tmp_path / "machine-b", config={"bs": 8}
+    )
+    assert again.step == 5 and again.config.lr == 0.1 and again.name == first.name
+    again.log({"i": 5})
+    again.finish()
+    assert steps_on_server(server.url, again.path) == list(range(6))
+    remote = runstream.Api(server.url).run(again.path)
+    assert remote.config == {"lr": 0.1, "bs": 8} and remote.state == "finished"

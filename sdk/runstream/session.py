@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import json
 import os
 import socket
 import sys
@@ -46,6 +47,7 @@ from .settings import Settings, resolve_settings
 from .supervisor import SidecarSupervisor
 
 RESUME_CHECK_TIMEOUT = 30.0
+RESUME_PEEK_TIMEOUT = 5.0
 _active: Run | None = None
 _lock = threading.RLock()
 
@@ -146,10 +148,17 @@ def init(
             else:
                 say(s, "no server configured (RUNSTREAM_HOST or `runstream login`): running offline")
         run_id = validate_run_id(s.run_id) if s.run_id else None
-        if online is not None and resume in ("must", "never") and run_id:
-            _check_server_resume(online, s, run_id, str(resume))
-        target = _resume_target(s, resume, run_id)
-        return _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, ignored, online, resume)
+        target = _resume_target(s, resume, run_id) if online is None or resume != "must" else None
+        remote = None
+        if online is not None and run_id and resume not in (None, False):
+            remote = _check_server_resume(online, s, run_id, str(resume))
+            if target is None and resume == "must":
+                target = _find_local_run(s.root_dir, run_id)
+        if target is not None:
+            remote = None  # the local journal knows where the run stands
+        return _start(
+            s, run_id, target, cfg_dict, bool(allow_val_change), save_code, ignored, online, resume, remote
+        )
 
 
 @dataclass(frozen=True)
@@ -158,8 +167,9 @@ class Online:
     api_key: str | None
 
 
-def _check_server_resume(online: Online, s: Settings, run_id: str, resume: str) -> None:
-    """resume="must"/"never" are the only cases where init waits for the server (bounded)."""
+def _check_server_resume(online: Online, s: Settings, run_id: str, resume: str) -> dict[str, Any] | None:
+    """The server's view of run ``run_id`` (None: it has none).  resume="must"/"never" wait for
+    the answer (bounded); "allow"/"auto" ask briefly, to continue at the server's next step."""
     import urllib.error
     import urllib.request
 
@@ -167,32 +177,37 @@ def _check_server_resume(online: Online, s: Settings, run_id: str, resume: str) 
     req = urllib.request.Request(url)
     if online.api_key:
         req.add_header("authorization", f"Bearer {online.api_key}")
-    deadline = time.monotonic() + RESUME_CHECK_TIMEOUT
+    wait = RESUME_CHECK_TIMEOUT if resume in ("must", "never") else RESUME_PEEK_TIMEOUT
+    deadline = time.monotonic() + wait
+    found: dict[str, Any] | None = None
     while True:
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                exists = resp.status == 200
+            with urllib.request.urlopen(req, timeout=min(5.0, wait)) as resp:
+                found = json.load(resp)
             break
         except urllib.error.HTTPError as e:
             if e.code == 404:
-                exists = False
                 break
             raise UsageError(
                 f"resume={resume!r}: the server at {online.url} answered {e.code} for run {run_id}"
             ) from None
         except OSError as e:
             if time.monotonic() > deadline:
+                if resume not in ("must", "never"):
+                    say(s, f"could not ask {online.url} about run {run_id} ({e}); resuming from local state")
+                    return None
                 raise UsageError(
                     f'resume="{resume}" needs the server\'s answer, but {online.url} did not answer within '
                     f"{RESUME_CHECK_TIMEOUT:.0f}s ({e})"
                 ) from None
             time.sleep(0.5)
-    if resume == "must" and not exists:
+    if resume == "must" and found is None:
         raise UsageError(f'resume="must" but the server has no run {s.entity}/{s.project}/{run_id}')
-    if resume == "never" and exists:
+    if resume == "never" and found is not None:
         raise UsageError(
             f'resume="never" but run {s.entity}/{s.project}/{run_id} already exists on the server'
         )
+    return found
 
 
 def _start(
@@ -205,6 +220,7 @@ def _start(
     ignored: dict[str, Any],
     online: Online | None = None,
     resume: Any = None,
+    remote: dict[str, Any] | None = None,
 ) -> Run:
     start_step, first_seq = 0, 1
     prior_config: dict[str, Any] = {}
@@ -218,8 +234,11 @@ def _start(
         run_dir = resume_dir
     else:
         run_id = run_id or new_run_id()
-        name = s.name or new_run_name()
+        name = s.name or (remote or {}).get("name") or new_run_name()
         run_dir = create_run_dir(s.root_dir, run_id, dt.datetime.now())
+        if remote is not None:  # resumed from the server's copy on a machine without the run dir
+            start_step = int(remote.get("last_step", -1)) + 1
+            prior_config = dict(remote.get("config") or {})
     update_latest_link(s.root_dir, run_dir)
     ring = RingMap.create(default_ring_path(run_id, run_dir), s.ring_size)
     writer = RingWriter(ring, s.overflow_size, first_seq=first_seq)
@@ -250,9 +269,9 @@ def _start(
         "args": sys.argv[1:],
         "python": sys.version.split()[0],
         "save_code": bool(save_code),
-        "resumed": resume_dir is not None,
+        "resumed": resume_dir is not None or remote is not None,
     }
-    if resume_dir is not None:
+    if resume_dir is not None or remote is not None:
         meta.pop("start_time")  # runtime keeps counting from the first start
     run._emit(rec.KIND_RUN, meta)
     config._emit = lambda delta: run._emit(rec.KIND_CONFIG, delta)
@@ -267,7 +286,7 @@ def _start(
     if online is not None:
         extra_args = [
             "--url", online.url, "--entity", s.entity, "--project", s.project, "--run-id", run_id,
-            "--writer-id", writer_id, "--resume", "allow" if resume_dir is not None else _resume_arg(resume),
+            "--writer-id", writer_id, "--resume", "allow" if resume_dir or remote else _resume_arg(resume),
             "--upload-timeout", str(max(s.finish_timeout - 3.0, 1.0)),
         ]  # fmt: skip
         if online.api_key:
