@@ -287,7 +287,7 @@ def _start(
         extra_args = [
             "--url", online.url, "--entity", s.entity, "--project", s.project, "--run-id", run_id,
             "--writer-id", writer_id, "--resume", "allow" if resume_dir or remote else _resume_arg(resume),
-            "--upload-timeout", str(max(s.finish_timeout - 3.0, 1.0)),
+            "--upload-timeout", str(max(min(s.finish_timeout - 3.0, s.finish_timeout * 0.8), 0.1)),
         ]  # fmt: skip
         if online.api_key:
             extra_env["RUNSTREAM_API_KEY"] = online.api_key  # never on the command line
