@@ -59,3 +59,21 @@ def test_empty_and_tiny_buffers_decode_to_nothing() -> None:
     assert list(rec.iter_records(b"")) == []
     assert list(rec.iter_records(b"\x00" * 39)) == []
     assert list(rec.iter_records(b"\x00" * 64)) == []  # zero bytes are not a valid record
+
+
+body_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(row=st.dictionaries(st.text(max_size=12), body_values, max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_the_hot_path_packer_writes_the_same_bytes_as_msgpack(row: dict[str, object]) -> None:
+    """``log`` packs with ormsgpack for speed; readers decode with msgpack: the bytes must agree."""
+    import msgpack
+    import ormsgpack
+
+    want = msgpack.Packer(default=rec.item_default, use_bin_type=True).pack(row)
+    assert ormsgpack.packb(row, rec.item_default, ormsgpack.OPT_NON_STR_KEYS) == want
