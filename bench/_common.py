@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -87,6 +88,7 @@ def start_run(settings: dict[str, Any]) -> Any:
     """A real offline run whose sidecar is up and has journaled the run's first records."""
     tmp = tempfile.mkdtemp(prefix="runstream-bench-")
     run = runstream.init(project="bench", mode="offline", dir=tmp, settings={"silent": True, **settings})
+    run._bench_tmp = tmp  # removed by finish_and_verify: 3M-row journals add up
     deadline = time.monotonic() + 30
     while not run._ring.words[W_SIDECAR_PID] and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -130,6 +132,7 @@ def finish_and_verify(run: Any, rows: int) -> dict[str, Any]:
     run.finish()
     finish_s = time.perf_counter() - t0
     state, health = replay(Path(run.dir), keep_rows=False)
+    shutil.rmtree(run._bench_tmp, ignore_errors=True)
     last_step = state.last_step if hasattr(state, "last_step") else (state.last_row or {}).get("_step", -1)
     ok = state.row_count == rows and last_step == rows - 1 and state.dropped == 0 and not counters["dropped"]
     return {
