@@ -132,7 +132,7 @@ async def stream_run(stub: Any, cfg: dict[str, Any], run_id: str, msgs: list[Any
         return inflight < WINDOW_BYTES
 
     reader = asyncio.create_task(read_acks())
-    t0 = time.monotonic()
+    t0 = time.monotonic() + cfg.get("phase", 0.0)
     for k, (last, n, size, msg) in enumerate(msgs):
         if cfg["interval"]:
             await asyncio.sleep(max(0.0, t0 + k * cfg["interval"] - time.monotonic()))
@@ -165,13 +165,20 @@ async def stream_worker(cfg: dict[str, Any]) -> None:
     print(json.dumps({"ready": True}), flush=True)
     go = json.loads(sys.stdin.readline())
     cfg["deadline"] = go["deadline"]
-    acks = []
-    async with grpc.aio.insecure_channel(cfg["addr"], [("grpc.max_send_message_length", 16 << 20)]) as ch:
-        stub = pb_grpc.IngestStub(ch)  # type: ignore[no-untyped-call]
+    acks: list[Any] = []
+
+    async def one(j: int) -> None:
+        # Paced streams spread over the interval: real sidecars do not cut batches in step.
+        mine = cfg | {"phase": cfg["interval"] * (cfg["index"] * per + j) / (cfg["workers"] * per)}
         r = 0
         while time.monotonic() < cfg["deadline"]:  # a new run each time the batches run out
-            acks += await stream_run(stub, cfg, f"{cfg['name']}-{r}", msgs)
+            acks.extend(await stream_run(stub, mine, f"{cfg['name']}-{j}-{r}", msgs))
             r += 1
+
+    per = cfg["streams_per_worker"]
+    async with grpc.aio.insecure_channel(cfg["addr"], [("grpc.max_send_message_length", 16 << 20)]) as ch:
+        stub = pb_grpc.IngestStub(ch)  # type: ignore[no-untyped-call]
+        await asyncio.gather(*(one(j) for j in range(per)))
     print(json.dumps({"acks": acks}), flush=True)
 
 
@@ -338,12 +345,15 @@ def case_runs(p: dict[str, Any], tmp: Path, profile: Path | None) -> dict[str, A
 
 # --- raw streams ---------------------------------------------------------------------------------
 def raw_streams(p: dict[str, Any], srv: ServerProc, interval: float, rows_per_run: int) -> tuple[Any, float]:
-    """Run p["streams"] stream workers for p["seconds"]; returns (acks of all, go time)."""
+    """p["streams"] streams for p["seconds"], from p["workers"] processes (default: one each);
+    returns (the worker processes, go time)."""
     procs = []
-    for i in range(p["streams"]):
+    workers = p.get("workers", p["streams"])
+    for i in range(workers):
         cfg = {
             "addr": f"127.0.0.1:{srv.grpc_port}", "project": "raw", "name": f"s{i}-{time.time_ns()}",
             "rows_per_run": rows_per_run, "batch_rows": p["batch_rows"], "seed": i, "interval": interval,
+            "index": i, "workers": workers, "streams_per_worker": p["streams"] // workers,
         }  # fmt: skip
         procs.append(spawn([__file__, "--stream-worker", json.dumps(cfg)]))
     for q in procs:
@@ -377,6 +387,9 @@ def case_max(p: dict[str, Any], tmp: Path, profile: Path | None) -> dict[str, An
         "rows_per_s": rows / (w1 - w0),
         "values_per_s": rows * KEYS / (w1 - w0),
         "server_cpu_pct": 100 * (c1 - c0) / (w1 - w0),
+        # Rows per second of server CPU: what the server does with the CPU it gets, which moves
+        # less than rows/s when other work shares the machine.
+        "rows_per_server_cpu_s": rows / (c1 - c0),
         "server_peak_rss_mib": meter.peak_rss / 2**20,
         "ack_p50_ms": pct(lat, 0.5) * 1e3,
         "ack_p99_ms": pct(lat, 0.99) * 1e3,
@@ -399,11 +412,14 @@ def case_ack_latency(p: dict[str, Any], tmp: Path, profile: Path | None) -> dict
     finally:
         meter.close()
         srv.stop()
-    lat = sorted(t - w for w, t, _ in acks if w >= go + p["warmup_s"])
-    rows = sum(n for w, _, n in acks if w >= go + p["warmup_s"])
+    w0, w1 = go + p["warmup_s"], go + p["seconds"]
+    lat = sorted(t - w for w, t, _ in acks if w >= w0)
+    # Acks that arrived inside the window: below the offered rate, the server is falling behind.
+    in_window = [(t, n) for _, t, n in acks if w0 <= t <= w1]
     return {
         "offered_rows_per_s": p["rows_per_s"],
-        "acked_rows_per_s": rows / (p["seconds"] - p["warmup_s"]),
+        "acked_rows_per_s": sum(n for _, n in in_window) / (w1 - w0),
+        "acked_batches_per_s": len(in_window) / (w1 - w0),
         "batch_rows": batch_rows,
         "batches": len(lat),
         "ack_p50_ms": pct(lat, 0.5) * 1e3,
@@ -446,6 +462,7 @@ CASES = {
     "ingest_runs": case_runs,
     "ingest_max": case_max,
     "ingest_ack_latency": case_ack_latency,
+    "ingest_many_runs": case_ack_latency,
     "ingest_idle": case_idle,
 }
 
@@ -465,19 +482,27 @@ def show(name: str, p: dict[str, Any], f: dict[str, Any]) -> None:
         )
     elif name == "ingest_max":
         print(f"\n[{name}] {p['streams']} raw streams of {p['batch_rows']:,}-row batches, max rate, {reps}")
-        print(f"  stored {f['rows_per_s']:,.0f} rows/s = {f['values_per_s']:,.0f} values/s")
+        print(
+            f"  stored {f['rows_per_s']:,.0f} rows/s = {f['values_per_s']:,.0f} values/s; "
+            f"{f['rows_per_server_cpu_s']:,.0f} rows per second of server CPU"
+        )
         print(
             f"  ack p50 {f['ack_p50_ms']:.0f} ms, p99 {f['ack_p99_ms']:.0f} ms (a full 8 MiB window); "
             f"server CPU {f['server_cpu_pct']:.0f} %, peak RSS {f['server_peak_rss_mib']:.0f} MiB"
         )
-    elif name == "ingest_ack_latency":
+    elif name in ("ingest_ack_latency", "ingest_many_runs"):
         print(
             f"\n[{name}] {p['streams']} raw streams, {p['rows_per_s']:,} rows/s in all, a "
             f"{f['batch_rows']:,.0f}-row batch per stream every {p['interval_s'] * 1e3:.0f} ms, {reps}"
         )
         print(
             f"  ack p50 {f['ack_p50_ms']:.1f} ms, p99 {f['ack_p99_ms']:.1f} ms, max {f['ack_max_ms']:.1f} ms "
-            f"over {f['batches']:,.0f} batches; acked {f['acked_rows_per_s']:,.0f} rows/s"
+            f"over {f['batches']:,.0f} batches"
+        )
+        print(
+            f"  acked in the window: {f['acked_rows_per_s']:,.0f} rows/s, {f['acked_batches_per_s']:,.0f} "
+            f"batches/s (offered {p['streams'] / p['interval_s']:,.0f}"
+            " batches/s)"
         )
         print(f"  server CPU {f['server_cpu_pct']:.0f} %, peak RSS {f['server_peak_rss_mib']:.0f} MiB")
     else:
@@ -507,6 +532,62 @@ def print_profile(profile: Path, top: int = 25) -> None:
         name = f.rsplit(".", 1)[-1]
         by_thread[name] = by_thread.get(name, 0.0) + pstats.Stats(f).total_tt  # type: ignore[attr-defined]
     print("  CPU seconds per thread: " + ", ".join(f"{k} {v:.2f}" for k, v in by_thread.items()))
+
+
+def stage_split(rows: int = 100_000, batch_rows: int = 4681) -> dict[str, float]:
+    """The server's work per row, stage by stage, timed in this process without a profiler: CPU
+    microseconds per row (``store_wall`` adds the fsync waits).  cProfile's per-call cost inflates
+    code made of many small calls (``parse_batch``) several times over; this split does not."""
+    import gc
+
+    from runstream import records as rec
+    from runstream_ingest.server.ingest_service import Limits, inflate
+    from runstream_ingest.storage import chunks as ck
+    from runstream_ingest.storage.sqlite import SqliteStorage
+    from runstream_ingest.wire import ingest_pb2 as pb
+
+    batches = build_batches(rows, batch_rows, 0)
+    t = dict.fromkeys(("wire_crc", "inflate", "parse_batch", "store", "store_wall", "gc"), 0.0)
+    t |= dict.fromkeys(("store.rows_to_columns", "store.encode_chunks"), 0.0)
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = time.process_time()
+        else:
+            t["gc"] += time.process_time() - gc_start[0]
+
+    gc.callbacks.append(on_gc)
+    clock = time.process_time
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            st = SqliteStorage(Path(d) / "split.db")
+            st.open_run(ENTITY, "split", "r", "w", "")
+            for first, last, crc, payload in batches:
+                c0 = clock()
+                ok = rec.crc32c(payload) == crc
+                c1 = clock()
+                data = inflate(pb.CODEC_ZSTD, payload, Limits().max_batch)
+                c2 = clock()
+                records = rec.parse_batch(data, first, last)
+                c3, w3 = clock(), time.perf_counter()
+                st.store_batch(ENTITY, "split", "r", "w", first, last, records)
+                c4, w4 = clock(), time.perf_counter()
+                # The two costliest parts of store_batch, again on the same rows, outside it.
+                cols, _, _ = ck.rows_to_columns(records, first - 2)
+                c5 = clock()
+                assert ok and cols is not None
+                for col in cols.numeric.values():
+                    ck.encode_points(col.steps, col.times, col.values, col.vtype, {})
+                c6 = clock()
+                for k, v in zip(t, (c1 - c0, c2 - c1, c3 - c2, c4 - c3, w4 - w3), strict=False):
+                    t[k] += v
+                t["store.rows_to_columns"] += c5 - c4
+                t["store.encode_chunks"] += c6 - c5
+            st.close()
+    finally:
+        gc.callbacks.remove(on_gc)
+    return {k: v / rows * 1e6 for k, v in t.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         targets += judge(case, fig)
     if a.profile:
         print_profile(a.profile)
+        split = stage_split()
+        load = machine()["load"]
+        print(f"\n[profile] the server's stages in-process, no profiler (us of CPU per row; load {load})")
+        print("  " + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
+        out["stage_split_us_per_row"] = split
     out["machine_after"] = after = machine()
     print(f"\ntargets (this {after['cpus']}-CPU machine; load average after: {after['load']})")
     for t in targets:

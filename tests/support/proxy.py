@@ -17,7 +17,8 @@ kernel refuses connections and nothing else can take the port before ``restore``
 
 Bounds: a connection holds at most ``QUEUE_CHUNKS`` chunks of ``CHUNK`` bytes per direction, so a
 stalled or delayed path pushes back on the sender (TCP flow control) instead of buffering without
-limit; every wait on the loop thread for something outside the proxy has a timeout.
+limit.  Every loop ends at EOF, at an error, or when cut/reset/stop cancels it; a control call
+waits at most ``CALL_TIMEOUT`` for the loop thread, and so does a connect to the upstream.
 """
 
 from __future__ import annotations
