@@ -1,6 +1,6 @@
 """How much can one ``runstream server`` ingest, how fast does it ack, what does an idle run cost?
 
-Four cases, parameters and targets in ``bench/cases/<name>/case.json``:
+Five cases, parameters and targets in ``bench/cases/<name>/case.json``:
 
 * ``ingest_runs``: N real runs (separate processes, each with its sidecar) log 10-scalar rows as
   fast as they can into one server; rows/s and values/s stored end to end, from "go" until the
@@ -12,6 +12,8 @@ Four cases, parameters and targets in ``bench/cases/<name>/case.json``:
 * ``ingest_ack_latency``: raw streams at a fixed total rate (half the target load), one batch per
   stream every 100 ms as a sidecar cuts them at that rate; the time from each batch's write on the
   stream to its ack.  (A real shipper writes a batch within a poll of the journal append.)
+* ``ingest_many_runs``: the same with many streams at a low rate each (100 runs cutting a small
+  batch every 100 ms): what a fixed cost per batch (one transaction, one fsync) does to acks.
 * ``ingest_idle``: K live runs that log nothing; the server's CPU over a window, minus the same
   server's CPU over the same window before the runs started, per run.
 
@@ -53,6 +55,7 @@ _common.OPS.setdefault("<", operator.lt)  # "an idle run costs < 1 %" is a stric
 ENTITY = "bench"
 KEYS = 10
 WINDOW_BYTES = 8 << 20  # as the shipper: unacked bytes in flight on one stream
+ACK_WAIT_S = 120.0  # after its last write, how long a stream waits for its acks
 PROFILE_ENV = "RUNSTREAM_BENCH_PROFILE"
 
 # Put on the server's PYTHONPATH by --profile: a cProfile per thread (the storage writer is a
@@ -136,15 +139,20 @@ async def stream_run(stub: Any, cfg: dict[str, Any], run_id: str, msgs: list[Any
     for k, (last, n, size, msg) in enumerate(msgs):
         if cfg["interval"]:
             await asyncio.sleep(max(0.0, t0 + k * cfg["interval"] - time.monotonic()))
-        elif time.monotonic() > cfg["deadline"]:
+        if time.monotonic() > cfg["deadline"]:
             break
         async with room:
             await room.wait_for(has_room)
             inflight += size
             pending[last] = (time.monotonic(), n, size)
         await call.write(msg)
-    async with room:
-        await asyncio.wait_for(room.wait_for(lambda: not pending), 60)
+    with contextlib.suppress(TimeoutError):  # a server far behind: report, do not wait forever
+        async with room:
+            await asyncio.wait_for(room.wait_for(lambda: not pending), ACK_WAIT_S)
+    if pending:
+        call.cancel()
+        reader.cancel()
+        return done + [(t, None, n) for t, n, _ in pending.values()]
     await call.done_writing()
     await asyncio.wait_for(reader, 10)
     return done
@@ -380,9 +388,9 @@ def case_max(p: dict[str, Any], tmp: Path, profile: Path | None) -> dict[str, An
     finally:
         meter.close()
         srv.stop()
-    rows = sum(n for _, t, n in acks if w0 <= t <= w1)
-    lat = sorted(t - w for w, t, _ in acks)
-    acked = sum(n for *_, n in acks)
+    rows = sum(n for _, t, n in acks if t is not None and w0 <= t <= w1)
+    lat = sorted(t - w for w, t, _ in acks if t is not None)
+    acked = sum(n for _, t, n in acks if t is not None)
     return {
         "rows_per_s": rows / (w1 - w0),
         "values_per_s": rows * KEYS / (w1 - w0),
@@ -413,15 +421,16 @@ def case_ack_latency(p: dict[str, Any], tmp: Path, profile: Path | None) -> dict
         meter.close()
         srv.stop()
     w0, w1 = go + p["warmup_s"], go + p["seconds"]
-    lat = sorted(t - w for w, t, _ in acks if w >= w0)
+    lat = sorted(t - w for w, t, _ in acks if w >= w0 and t is not None)
     # Acks that arrived inside the window: below the offered rate, the server is falling behind.
-    in_window = [(t, n) for _, t, n in acks if w0 <= t <= w1]
+    in_window = [(t, n) for _, t, n in acks if t is not None and w0 <= t <= w1]
     return {
         "offered_rows_per_s": p["rows_per_s"],
         "acked_rows_per_s": sum(n for _, n in in_window) / (w1 - w0),
         "acked_batches_per_s": len(in_window) / (w1 - w0),
         "batch_rows": batch_rows,
         "batches": len(lat),
+        "batches_unacked": sum(t is None for _, t, _ in acks),  # after ACK_WAIT_S
         "ack_p50_ms": pct(lat, 0.5) * 1e3,
         "ack_p99_ms": pct(lat, 0.99) * 1e3,
         "ack_max_ms": lat[-1] * 1e3,
@@ -499,10 +508,13 @@ def show(name: str, p: dict[str, Any], f: dict[str, Any]) -> None:
             f"  ack p50 {f['ack_p50_ms']:.1f} ms, p99 {f['ack_p99_ms']:.1f} ms, max {f['ack_max_ms']:.1f} ms "
             f"over {f['batches']:,.0f} batches"
         )
+        if f["batches_unacked"]:
+            print(
+                f"  {f['batches_unacked']:.0f} batches still unacked {ACK_WAIT_S:.0f} s after the last write"
+            )
         print(
             f"  acked in the window: {f['acked_rows_per_s']:,.0f} rows/s, {f['acked_batches_per_s']:,.0f} "
-            f"batches/s (offered {p['streams'] / p['interval_s']:,.0f}"
-            " batches/s)"
+            f"batches/s (offered {p['streams'] / p['interval_s']:,.0f} batches/s)"
         )
         print(f"  server CPU {f['server_cpu_pct']:.0f} %, peak RSS {f['server_peak_rss_mib']:.0f} MiB")
     else:
