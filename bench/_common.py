@@ -150,3 +150,24 @@ def finish_and_verify(run: Any, rows: int) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()]}
+
+
+def print_targets(out: dict[str, Any], targets: list[dict[str, Any]]) -> None:
+    """The PASS/FAIL table every bench ends with, against the machine's state afterwards."""
+    out["machine_after"] = after = machine()
+    print(f"\ntargets (this {after['cpus']}-CPU machine; load average after: {after['load']})")
+    for t in targets:
+        m = t["measured"]
+        shown = f"{m:,.2f}" if isinstance(m, float) else str(m)
+        verdict = "PASS" if t["pass"] else "FAIL"
+        print(f"  {verdict}  {t['case']}.{t['metric']} = {shown} (target {t['op']} {t['value']:,})")
+
+
+def emit(out: dict[str, Any], json_path: Any, check: bool) -> int:
+    """The same figures as JSON (to ``json_path`` or as the last line); exit 1 only with --check."""
+    text = json.dumps(out)
+    if json_path:
+        json_path.write_text(text + "\n")
+    else:
+        print(text)
+    return 1 if check and not out["all_pass"] else 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from tests.support.proxy import Proxy
 from tests.support.server import ServerProc, start_server
 
 import runstream
-from _common import judge, load_case, machine, median_of
+from _common import emit, judge, load_case, machine, median_of, print_targets
 from runstream.api import NotFoundError
 
 TRAIN = """
@@ -332,20 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ({time.monotonic() - t0:.0f} s; load average at start {load}, now {machine()['load']})")
         cases[name] = {"optimises": case["optimises"], "parameters": p, "load_at_start": load, "figures": fig}
         targets += judge(case, fig)
-    out["machine_after"] = after = machine()
-    print(f"\ntargets (this {after['cpus']}-CPU machine; load average after: {after['load']})")
-    for t in targets:
-        m = t["measured"]
-        shown = f"{m:,.2f}" if isinstance(m, float) else str(m)
-        verdict = "PASS" if t["pass"] else "FAIL"
-        print(f"  {verdict}  {t['case']}.{t['metric']} = {shown} (target {t['op']} {t['value']:,})")
+    print_targets(out, targets)
     out |= {"cases": cases, "targets": targets, "all_pass": all(t["pass"] for t in targets)}
-    text = json.dumps(out)
-    if a.json:
-        a.json.write_text(text + "\n")
-    else:
-        print(text)
-    return 1 if a.check and not out["all_pass"] else 0
+    return emit(out, a.json, a.check)
 
 
 if __name__ == "__main__":

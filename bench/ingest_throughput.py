@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 from tests.support.server import ServerProc, start_server
 
 import _common
-from _common import judge, load_case, machine, median_of, pct
+from _common import emit, judge, load_case, machine, median_of, pct, print_targets
 
 _common.OPS.setdefault("<", operator.lt)  # "an idle run costs < 1 %" is a strict bound
 ENTITY = "bench"
@@ -641,20 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[profile] the server's stages in-process, no profiler (us of CPU per row; load {load})")
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
         out["stage_split_us_per_row"] = split
-    out["machine_after"] = after = machine()
-    print(f"\ntargets (this {after['cpus']}-CPU machine; load average after: {after['load']})")
-    for t in targets:
-        m = t["measured"]
-        shown = f"{m:,.2f}" if isinstance(m, float) else str(m)
-        verdict = "PASS" if t["pass"] else "FAIL"
-        print(f"  {verdict}  {t['case']}.{t['metric']} = {shown} (target {t['op']} {t['value']:,})")
+    print_targets(out, targets)
     out |= {"cases": cases, "targets": targets, "all_pass": all(t["pass"] for t in targets)}
-    text = json.dumps(out)
-    if a.json:
-        a.json.write_text(text + "\n")
-    else:
-        print(text)
-    return 1 if a.check and not out["all_pass"] else 0
+    return emit(out, a.json, a.check)
 
 
 if __name__ == "__main__":

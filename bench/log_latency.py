@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import resource
 import statistics
 import sys
@@ -33,12 +32,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import runstream
 from _common import (
     REFERENCE,
+    emit,
     finish_and_verify,
     judge,
     latency_us,
     load_case,
     machine,
     median_of,
+    print_targets,
     ring_counters,
     scalars,
     start_run,
@@ -337,14 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ({time.monotonic() - t0:.0f} s; load average at start {load})")
         cases[name] = {"optimises": case["optimises"], "parameters": p, "load_at_start": load, "figures": fig}
         targets += judge(case, fig)
-    out["machine_after"] = machine()
-    after = out["machine_after"]
-    print(f"\ntargets (this {after['cpus']}-CPU machine; load average after: {after['load']})")
-    for t in targets:
-        m = t["measured"]
-        shown = f"{m:,.2f}" if isinstance(m, float) else str(m)
-        verdict = "PASS" if t["pass"] else "FAIL"
-        print(f"  {verdict}  {t['case']}.{t['metric']} = {shown} (target {t['op']} {t['value']:,})")
+    print_targets(out, targets)
     print("\nfor scale, measured elsewhere (not on this machine):")
     for tool, figs in REFERENCE.items():
         print(f"  {tool:26} " + ", ".join(f"{k} {v}" for k, v in figs.items()))
@@ -354,12 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "all_pass": all(t["pass"] for t in targets),
         "reference": REFERENCE,
     }
-    text = json.dumps(out)
-    if a.json:
-        a.json.write_text(text + "\n")
-    else:
-        print(text)
-    return 1 if a.check and not out["all_pass"] else 0
+    return emit(out, a.json, a.check)
 
 
 if __name__ == "__main__":
