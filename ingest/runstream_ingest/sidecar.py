@@ -174,7 +174,9 @@ class Sidecar:
             self.journal.retry()
             return 0
         n = 0
-        for span in self.reader.poll(max(self.batcher.room(), 64 * 1024)):
+        # At most what the open batch has room for (a whole record at least), so a batch keeps
+        # near batch_bytes even when the sidecar is behind: the journal's frame size is the user's.
+        for span in self.reader.poll(max(self.batcher.room(), 1)):
             if span.count and span.first_seq > self._next_seq:
                 self._lost_gap(span.first_seq)
             if span.count:
