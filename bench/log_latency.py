@@ -7,7 +7,8 @@ Four cases, parameters and targets in ``bench/cases/<name>/case.json``:
   into a preallocated buffer) timed the same way;
 * ``throughput``: millions of 10-scalar ``log`` calls as fast as possible, then the journal is
   read back (every row there, nothing dropped); the same loop disabled and as the bare floor;
-* ``training_loop``: steps of ~200 us CPU work with and without a ``log`` per step.
+* ``training_loop``: steps of ~200 us CPU work with and without a ``log`` per step; beside it the
+  same with the sidecar paused throughout, and with the floor in place of ``log``.
 
 Prints text, then the same figures as one JSON object on the last line (or into ``--json PATH``).
 Exits 0 even when a target fails -- it is a report -- unless ``--check`` is given.
@@ -219,50 +220,93 @@ def train(steps: int, n: int, log: Any, d: dict[str, float]) -> tuple[float, flo
     return time.perf_counter() - w0, time.process_time() - c0, in_log
 
 
+def floor_fn() -> Any:
+    """The floor as a callable, for the training loop: orjson into a preallocated buffer."""
+    dumps, buf, limit = orjson.dumps, floor_buffer(), FLOOR_BUF // 2
+    pos = 0
+
+    def floor(d: dict[str, float]) -> None:
+        nonlocal pos
+        b = dumps(d)
+        k = len(b)
+        buf[pos : pos + k] = b
+        pos = pos + k if pos < limit else 0
+
+    return floor
+
+
+def noop(d: dict[str, float]) -> None:
+    return None
+
+
+def abba(
+    steps: int, block: int, n: int, d: dict[str, float], fn: Any, sidecar: Any, live: bool
+) -> dict[bool, list[float]]:
+    """Alternate blocks with and without ``fn`` (ABBA order cancels linear drift); the sidecar is
+    paused in the blocks without it, and throughout unless ``live``.  Wall, CPU and in-call time
+    summed per side."""
+    tot: dict[bool, list[float]] = {True: [0.0, 0.0, 0], False: [0.0, 0.0, 0]}
+    for b in range(2 * steps // block):
+        on = b % 4 in (0, 3)
+        (sidecar.resume if on and live else sidecar.suspend)()
+        for i, x in enumerate(train(block, n, fn if on else None, d)):
+            tot[on][i] += x
+    sidecar.resume()
+    return tot
+
+
 def case_training(p: dict[str, Any], overhead: int) -> dict[str, Any]:
     n = calibrate(p["work_us"])
     d, block = scalars(p["keys"]), p["block"]
-    wall_pct, cpu_pct, with_w, without_w, sidecar_pct, log_us = [], [], [], [], [], []
     steps = p["steps"] // block * block
+    # log: the target.  log_paused: the same with the sidecar stopped throughout, i.e. log's own
+    # cost without the sidecar's work beside it.  floor: orjson into a buffer in the same loop --
+    # what the cheapest possible logging costs a step whose caches the work has just filled.
+    # noop: an empty Python function, i.e. what this measurement reads when nothing is logged.
+    variants = p.get("variants", ["log", "log_paused", "floor", "noop"])
+    per: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+    sidecar_pct = []
     for _ in range(p["repeat"]):
         run = start_run(p["settings"])
         sidecar = psutil.Process(run._sidecar.pid)
-        c0 = sum(sidecar.cpu_times()[:2])
         gc.collect()
-        # This VM's speed drifts by 2x over minutes, so with and without alternate in short blocks
-        # (ABBA order cancels linear drift).  The sidecar is paused in the blocks without logging:
-        # they then cost what a script with no tracker costs, and all of the sidecar's work,
-        # catching up included, lands in the blocks with logging.
-        tot = {True: [0.0, 0.0, 0], False: [0.0, 0.0, 0]}
-        for b in range(2 * steps // block):
-            logging = b % 4 in (0, 3)
-            (sidecar.resume if logging else sidecar.suspend)()
-            for i, x in enumerate(train(block, n, run.log if logging else None, d)):
-                tot[logging][i] += x
-        sidecar.resume()
-        wait_journaled(run)
-        sidecar_cpu = sum(sidecar.cpu_times()[:2]) - c0
-        check = finish_and_verify(run, steps)
+        for v in variants:
+            c0 = sum(sidecar.cpu_times()[:2])
+            fn = {"floor": floor_fn(), "noop": noop}.get(v, run.log)
+            tot = abba(steps, block, n, d, fn, sidecar, live=v == "log")
+            (ww, wc, in_fn), (ow, oc, _) = tot[True], tot[False]
+            if v == "log":
+                sidecar_pct.append(100 * (sum(sidecar.cpu_times()[:2]) - c0) / ww)
+            wait_journaled(run)
+            for key, x in (
+                ("wall_pct", 100 * (ww - ow) / ow),
+                ("cpu_pct", 100 * (wc - oc) / oc),
+                ("in_call_us", (in_fn / steps - overhead) / 1e3),
+                ("with_s", ww),
+                ("without_s", ow),
+            ):
+                per[v].setdefault(key, []).append(x)
+        rows = steps * sum(v in ("log", "log_paused") for v in variants)
+        check = finish_and_verify(run, rows)
         if not check["verified"]:
             raise RuntimeError(f"training loop run lost rows: {check}")
-        (ww, wc, in_log), (ow, oc, _) = tot[True], tot[False]
-        wall_pct.append(100 * (ww - ow) / ow)
-        cpu_pct.append(100 * (wc - oc) / oc)
-        with_w.append(ww)
-        without_w.append(ow)
-        sidecar_pct.append(100 * sidecar_cpu / ww)
-        log_us.append((in_log / steps - overhead) / 1e3)
-    return {
-        "step_work_us": statistics.median(without_w) / steps * 1e6,
-        "log_in_loop_us": statistics.median(log_us),
-        "overhead_wall_pct": statistics.median(wall_pct),
-        "overhead_cpu_pct": statistics.median(cpu_pct),
-        "with_s": statistics.median(with_w),
-        "without_s": statistics.median(without_w),
-        "sidecar_cpu_pct": statistics.median(sidecar_pct),
-        "per_repeat_wall_pct": wall_pct,
-        "per_repeat_cpu_pct": cpu_pct,
+    med = {v: {k: statistics.median(x) for k, x in f.items()} for v, f in per.items()}
+    out: dict[str, Any] = {
+        "step_work_us": med[variants[0]]["without_s"] / steps * 1e6,
+        "sidecar_cpu_pct": statistics.median(sidecar_pct) if sidecar_pct else None,
     }
+    for v in variants:
+        prefix = "" if v == "log" else f"{v}_"
+        out |= {
+            f"{prefix}overhead_wall_pct": med[v]["wall_pct"],
+            f"{prefix}overhead_cpu_pct": med[v]["cpu_pct"],
+            ("log" if v == "log" else v) + "_in_loop_us": med[v]["in_call_us"],
+            f"{prefix}with_s": med[v]["with_s"],
+            f"{prefix}without_s": med[v]["without_s"],
+            f"{prefix}per_repeat_wall_pct": per[v]["wall_pct"],
+            f"{prefix}per_repeat_cpu_pct": per[v]["cpu_pct"],
+        }
+    return out
 
 
 CASES = {
@@ -304,14 +348,26 @@ def show(name: str, p: dict[str, Any], f: dict[str, Any]) -> None:
     else:
         print(f"\n[training_loop] {p['steps']:,} steps of {f['step_work_us']:.0f} us work, {reps}")
         print(
-            f"  without log {f['without_s']:.3f} s, with log {f['with_s']:.3f} s, interleaved in blocks of "
-            f"{p['block']} steps; sidecar used {f['sidecar_cpu_pct']:.1f}% of a core meanwhile"
+            f"  with and without, interleaved in blocks of {p['block']} steps; without: the sidecar "
+            f"paused; with log: it ran, using {f['sidecar_cpu_pct']:.1f}% of a core"
         )
-        print(f"  overhead: wall {f['overhead_wall_pct']:+.2f} %, process CPU {f['overhead_cpu_pct']:+.2f} %")
+        print(f"  {'':34} {'wall':>8} {'CPU':>8} {'in call':>9}  per repetition (wall %)")
+        labels = {
+            "log": "log (the target)",
+            "log_paused": "log, sidecar paused throughout",
+            "floor": "floor: orjson into a buffer",
+            "noop": "an empty function (the noise floor)",
+        }
+        for v, label in labels.items():
+            prefix = "" if v == "log" else f"{v}_"
+            if f"{prefix}overhead_wall_pct" not in f:
+                continue
+            reps_txt = ", ".join(f"{x:+.1f}" for x in f[f"{prefix}per_repeat_wall_pct"])
+            wall, cpu = f[prefix + "overhead_wall_pct"], f[prefix + "overhead_cpu_pct"]
+            in_call = f[("log" if v == "log" else v) + "_in_loop_us"]
+            print(f"  {label:34} {wall:+7.2f}% {cpu:+7.2f}% {in_call:6.2f} us  {reps_txt}")
         share = 100 * f["log_in_loop_us"] / f["step_work_us"]
         print(f"  inside log calls: {f['log_in_loop_us']:.2f} us per step ({share:.2f} % of a step)")
-        print(f"  per repetition, wall %: {', '.join(f'{x:+.1f}' for x in f['per_repeat_wall_pct'])}")
-        print(f"  per repetition, CPU %:  {', '.join(f'{x:+.1f}' for x in f['per_repeat_cpu_pct'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,13 @@ Design note (byte diagram, worked example and the memory-ordering argument: docs
   ``push`` calls and ``drain_overflow`` (from ``finish``) move it into the ring.  Past the bound a
   record is dropped and counted in the control block, where the sidecar reads it.
 
-Concurrency contract: ``RingWriter`` belongs to one thread at a time of the training process (the
+* Two writers, one byte format: ``PyRingWriter`` is pure Python; ``NativeRingWriter`` is the same
+  class on top of the C extension ``runstream._ringfast``, whose ``push`` does the whole common
+  case in one call (header, body copy, hardware CRC-32C, release store of ``head``) and hands
+  every other case to the Python slow path.  ``RingWriter`` is the native one when the extension
+  imports (``NATIVE``) and ``RUNSTREAM_PURE_PYTHON`` is not set; both write identical bytes.
+
+Concurrency contract: a ``RingWriter`` belongs to one thread at a time of the training process (the
 thread that calls ``log``); the consumer is ``runstream_ingest.ring_reader.RingReader`` in
 another process.  Nothing else may write the mapping.
 """
@@ -33,6 +39,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import RecordTooLargeError
 from .records import ALIGN, CRC_START, HEADER, HEADER_SIZE, KIND_PAD, crc32c
@@ -143,7 +150,7 @@ class RingMap:
         self.mm.close()
 
 
-class RingWriter:
+class PyRingWriter:
     """Producer side: publishes records into the ring, or into the overflow when it is full."""
 
     def __init__(self, ring: RingMap, overflow_limit: int, first_seq: int = 1) -> None:
@@ -278,3 +285,27 @@ class RingWriter:
     def close(self) -> None:
         """Mark the ring closed: the producer will publish nothing more."""
         self._words[W_CLOSED] = 1
+
+
+# The C fast path (sdk/runstream/_ringfast.c), unless it is missing or RUNSTREAM_PURE_PYTHON is set.
+# Its WriterCore holds ``_head``, ``_tail``, ``_seq``, ``_cap``, ``_max``, ``_overflow_bytes``,
+# ``_data`` and ``_words`` as C slots, so PyRingWriter's methods (the slow path) read and write the
+# same state the C ``push`` uses; it calls ``_push_slow`` for whatever it does not handle.
+NativeRingWriter: type[PyRingWriter] | None = None
+if os.environ.get("RUNSTREAM_PURE_PYTHON", "") in ("", "0"):
+    try:
+        from . import _ringfast
+    except ImportError:
+        pass
+    else:
+
+        class _NativeRingWriter(_ringfast.WriterCore, PyRingWriter):
+            """PyRingWriter whose ``push`` is ``_ringfast.WriterCore.push``."""
+
+        NativeRingWriter = _NativeRingWriter
+
+NATIVE = NativeRingWriter is not None
+if TYPE_CHECKING:
+    RingWriter = PyRingWriter
+else:
+    RingWriter = NativeRingWriter or PyRingWriter

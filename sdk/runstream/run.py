@@ -2,7 +2,10 @@
 
 ``log`` turns a dict into one msgpack body and one ``RingWriter.push``; everything else (nested
 keys flattened to ``a/b``, ``_runtime``, the summary) is computed downstream from the record's
-header, so a call costs a couple of microseconds and never waits on the sidecar.
+header, so a call costs well under a microsecond and never waits on the sidecar.  With the C
+extension (``runstream.ring.NATIVE``) the common call -- a plain dict of scalars, nothing pending
+-- is one C call (``_ringfast.RunCore.log``); everything else, and every call without it, runs
+``_log_py`` below.
 
 Step semantics (W&B's): each plain ``log`` commits a row at the current step and moves to the
 next; ``commit=False`` merges into a pending row; ``step=`` greater than the current step commits
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import ormsgpack
 
 from . import records as rec
+from . import ring as _ring
 from .errors import UsageError
 from .reader import flatten
 from .ring import W_STEP_REGRESSIONS, RingWriter
@@ -134,7 +138,20 @@ class Summary:
         return list(self._view().items())
 
 
-class Run:
+# With the C extension, Run's slots ``_writer``, ``_step``, ``_pending`` and ``_last_body`` live in
+# ``_ringfast.RunCore``, whose ``log`` does the plain-dict fast path below in one C call (packing
+# rows of str -> float/int/bool/None/str itself, bytes identical to msgpack's) and calls
+# ``_log_py`` for everything else.
+if TYPE_CHECKING or not _ring.NATIVE:
+
+    class _RunBase:
+        pass
+
+else:
+    _RunBase = _ring._ringfast.RunCore
+
+
+class Run(_RunBase):
     def __init__(
         self,
         settings: Settings,
@@ -221,6 +238,7 @@ class Run:
 
     # --- logging -------------------------------------------------------------------------------
     def log(self, data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> None:
+        """Log a dict of metrics as one history row (the module docstring has the step rules)."""
         if step is None and commit is None and self._pending is None and type(data) is dict:
             try:
                 body = _packb(data, _default, _PACK_OPT)
@@ -231,6 +249,10 @@ class Run:
             self._step += 1
             return
         self._log_slow(data, step, commit)
+
+    _log_py = log  # the C ``log`` calls this for what it does not take itself
+    if not TYPE_CHECKING and _ring.NATIVE:
+        del log  # RunCore.log
 
     def _log_slow(self, data: Any, step: Any, commit: bool | None) -> None:
         if self._finished:

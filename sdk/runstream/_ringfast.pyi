@@ -1,0 +1,26 @@
+# Stub of the C extension sdk/runstream/_ringfast.c.
+
+CRC32C_IMPL: str  # "sse4.2", "armv8-crc" or "table"
+
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0, /) -> int: ...
+def crc32c_table(data: bytes | bytearray | memoryview, value: int = 0, /) -> int: ...
+
+class WriterCore:
+    _data: memoryview
+    _words: memoryview
+    _head: int
+    _tail: int
+    _seq: int
+    _cap: int
+    _max: int
+    _overflow_bytes: int
+    def push(self, kind: int, step: int, t: float, body: bytes) -> None: ...
+
+class RunCore:
+    _writer: WriterCore
+    _step: int
+    _pending: dict[str, object] | None
+    _last_body: bytes | None
+    def log(self, data: dict[str, object], step: int | None = None, commit: bool | None = None) -> None: ...
+
+def pack_row(row: dict[object, object], /) -> bytes | None: ...
