@@ -13,7 +13,7 @@ Five cases, parameters and targets in ``bench/cases/<name>/case.json``:
   stream every 100 ms as a sidecar cuts them at that rate; the time from each batch's write on the
   stream to its ack.  (A real shipper writes a batch within a poll of the journal append.)
 * ``ingest_many_runs``: the same with many streams at a low rate each (100 runs cutting a small
-  batch every 100 ms): what a fixed cost per batch (one transaction, one fsync) does to acks.
+  batch every 100 ms): what a fixed cost per batch does to acks (group commit shares a transaction).
 * ``ingest_idle``: K live runs that log nothing; the server's CPU over a window, minus the same
   server's CPU over the same window before the runs started, per run.
 
@@ -549,18 +549,20 @@ def print_profile(profile: Path, top: int = 25) -> None:
 def stage_split(rows: int = 100_000, batch_rows: int = 4681) -> dict[str, float]:
     """The server's work per row, stage by stage, timed in this process without a profiler: CPU
     microseconds per row (``store_wall`` adds the fsync waits).  cProfile's per-call cost inflates
-    code made of many small calls (``parse_batch``) several times over; this split does not."""
+    code made of many small calls several times over; this split does not."""
     import gc
 
     from runstream import records as rec
     from runstream_ingest.server.ingest_service import Limits, inflate
     from runstream_ingest.storage import chunks as ck
+    from runstream_ingest.storage import columns as cl
+    from runstream_ingest.storage.batch import RecordBatch, decode_batch
     from runstream_ingest.storage.sqlite import SqliteStorage
     from runstream_ingest.wire import ingest_pb2 as pb
 
     batches = build_batches(rows, batch_rows, 0)
-    t = dict.fromkeys(("wire_crc", "inflate", "parse_batch", "store", "store_wall", "gc"), 0.0)
-    t |= dict.fromkeys(("store.rows_to_columns", "store.encode_chunks"), 0.0)
+    t = dict.fromkeys(("wire_crc", "inflate", "decode_batch", "store", "store_wall", "gc"), 0.0)
+    t |= dict.fromkeys(("store.batch_columns", "store.encode_chunks"), 0.0)
     gc_start = [0.0]
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
@@ -581,12 +583,13 @@ def stage_split(rows: int = 100_000, batch_rows: int = 4681) -> dict[str, float]
                 c1 = clock()
                 data = inflate(pb.CODEC_ZSTD, payload, Limits().max_batch)
                 c2 = clock()
-                records = rec.parse_batch(data, first, last)
+                records = decode_batch(data, first, last)
                 c3, w3 = clock(), time.perf_counter()
                 st.store_batch(ENTITY, "split", "r", "w", first, last, records)
                 c4, w4 = clock(), time.perf_counter()
                 # The two costliest parts of store_batch, again on the same rows, outside it.
-                cols, _, _ = ck.rows_to_columns(records, first - 2)
+                assert isinstance(records, RecordBatch)
+                cols, _, _ = cl.batch_columns(records, first - 2)
                 c5 = clock()
                 assert ok and cols is not None
                 for col in cols.numeric.values():
@@ -594,7 +597,7 @@ def stage_split(rows: int = 100_000, batch_rows: int = 4681) -> dict[str, float]
                 c6 = clock()
                 for k, v in zip(t, (c1 - c0, c2 - c1, c3 - c2, c4 - c3, w4 - w3), strict=False):
                     t[k] += v
-                t["store.rows_to_columns"] += c5 - c4
+                t["store.batch_columns"] += c5 - c4
                 t["store.encode_chunks"] += c6 - c5
             st.close()
     finally:

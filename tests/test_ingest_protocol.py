@@ -14,6 +14,7 @@ import math
 import queue
 import re
 import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -131,6 +132,16 @@ def refusal(
     with pytest.raises(grpc.RpcError) as info:
         stream(stub, msgs, metadata)
     return info.value
+
+
+def stub_answers(stub: pb_grpc.IngestStub, msgs: Sequence[pb.ClientMessage]) -> list[Any]:
+    """Every answer of one stream, then the error that ended it (if one did)."""
+    out: list[Any] = []
+    try:
+        out.extend(stub.Stream(iter(msgs), timeout=TIMEOUT))
+    except grpc.RpcError as e:
+        out.append(e)
+    return out
 
 
 def acks(answers: Sequence[pb.ServerMessage]) -> list[int]:
@@ -332,7 +343,11 @@ def test_the_docs_list_every_http_endpoint() -> None:
     from runstream_ingest.server.http_api import HttpApi
 
     app = HttpApi(None, None, None, {}).app()  # type: ignore[arg-type]
-    routes = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
+    routes = {  # the API's routes; the web UI's static files (web.py) are not API endpoints
+        r.resource.canonical
+        for r in app.router.routes()
+        if r.method == "GET" and r.resource and r.resource.canonical.startswith("/api/")
+    }
     docs = Path(__file__).resolve().parent.parent / "docs"
     assert set(yaml.safe_load((docs / "openapi.yaml").read_text())["paths"]) == routes
     prose = (docs / "http-api.md").read_text()
@@ -374,6 +389,39 @@ def test_a_batch_after_a_gap_is_failed_precondition_and_stores_nothing(ingest: I
     answers = stream(ingest.stub, [open_msg(run_id)])
     assert answers[0].opened.acked_seq == 5
     assert get_run(ingest.srv, run_id)["rows"] == 5
+
+
+def test_pipelined_batches_are_acked_in_order_and_a_bad_one_ends_the_stream_after_them(
+    ingest: Ingest,
+) -> None:
+    """The server reads ahead of its acks (it checks the next batch while one is stored): a
+    malformed batch still ends the stream only after every batch before it is acked and stored."""
+    run_id = uid()
+    good = [batch_msg(first, first + 99) for first in range(1, 1000, 100)]
+    answers = stub_answers(ingest.stub, [open_msg(run_id), *good, batch_msg(1001, 1010, crc=1), *good[:1]])
+    assert [a.ack.seq for a in answers[1:-1]] == list(range(100, 1001, 100))
+    assert isinstance(answers[-1], grpc.RpcError) and answers[-1].code() == grpc.StatusCode.DATA_LOSS
+    assert get_run(ingest.srv, run_id)["rows"] == 1000
+
+
+def test_streams_of_many_runs_at_once_are_each_stored_exactly_once(ingest: Ingest) -> None:
+    """Concurrent streams share group commits; every batch of each is acked and stored once."""
+    runs = [uid() for _ in range(12)]
+    results: dict[str, list[int]] = {}
+
+    def one(run_id: str) -> None:
+        msgs = [open_msg(run_id)] + [batch_msg(f, f + 9) for f in range(1, 200, 10)] + [batch_msg(1, 10)]
+        results[run_id] = acks(stream(ingest.stub, msgs))
+
+    threads = [threading.Thread(target=one, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in runs:
+        assert results[r] == [*range(10, 201, 10), 200]
+        rows = get_history(ingest.srv, r)
+        assert [row["_step"] for row in rows] == list(range(200))
 
 
 # --- resume --------------------------------------------------------------------------------------

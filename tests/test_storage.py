@@ -7,13 +7,14 @@ Backend-specific checks (raw SQL, on-disk damage) are marked with the backend th
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from hypothesis import strategies as st
 
 from runstream import records as rec
 from runstream.reader import RunState
+from runstream_ingest.storage import batch as bt
 from runstream_ingest.storage import chunks as ck
+from runstream_ingest.storage import columns as cl
 from runstream_ingest.storage import open_storage
 from runstream_ingest.storage.base import (
     KIND_CONSOLE,
@@ -32,6 +35,7 @@ from runstream_ingest.storage.base import (
     KIND_SYSTEM,
     SERVER_REGRESSIONS_KEY,
     BadBatch,
+    BatchWrite,
     RunExists,
     RunInfo,
     RunNotFound,
@@ -39,12 +43,26 @@ from runstream_ingest.storage.base import (
     Storage,
     StorageError,
 )
+from runstream_ingest.storage.batch import decode_batch
 from runstream_ingest.storage.sqlite import SqliteStorage
 
 from .test_storage_chunks import FLOATS, canon
 
 E, P = "ent", "proj"
 BACKENDS = ["sqlite"]
+
+
+@contextmanager
+def numpy_everywhere() -> Iterator[None]:
+    """Batches of any size take the numpy paths (decode, columns, chunk statistics), which
+    otherwise only batches of a few hundred rows or more take."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bt, "NUMPY_BYTES", 0)
+        m.setattr(cl, "NUMPY_MIN", 0)
+        m.setattr(ck, "NUMPY_MIN", 0)
+        yield
+
+
 RUN_IDS = itertools.count()  # fresh run ids for hypothesis examples sharing one database
 
 
@@ -101,6 +119,17 @@ class Feed:
 
     def batch(self, first: int, last: int) -> tuple[int, int, list[rec.Record]]:
         return first, last, self.records[first - 1 : last]
+
+    def decoded(self, first: int, last: int) -> tuple[int, int, Sequence[rec.Record]]:
+        """The batch as the server gets it: encoded, then decoded by ``decode_batch``."""
+        data = b"".join(
+            rec.encode(r.seq, r.kind, r.step, r.time, r.body, r.flags) for r in self.records[first - 1 : last]
+        )
+        return first, last, decode_batch(data, first, last)
+
+    def write(self, run: str = "r", first: int = 1, last: int | None = None, writer: str = "w") -> BatchWrite:
+        last = len(self.records) if last is None else last
+        return BatchWrite(E, P, run, writer, *self.decoded(first, last))
 
     def store(
         self, s: Storage, run: str = "r", writer: str = "w", first: int = 1, last: int | None = None
@@ -288,6 +317,100 @@ def test_the_database_refuses_a_replayed_batch_even_if_writer_progress_were_lost
         db.execute("UPDATE writers SET acked_seq = 0")
     assert f.store(backend.open()).duplicate  # the (run, writer, last_seq) key still refuses it
     assert history(s) == f.state().rows
+
+
+# --- group commit ------------------------------------------------------------------------------
+def test_a_group_commit_stores_each_batch_as_if_it_were_stored_alone(storage: Storage) -> None:
+    """One transaction for many batches: duplicates, overlaps and gaps inside the group are
+    decided in order, batch by batch, exactly as separate calls would decide them."""
+    for run in ("a", "b"):
+        storage.open_run(E, P, run, "w", "")
+    fa, fb = training_feed(30), training_feed(10)
+    results = storage.store_batches(
+        [
+            fa.write("a", 1, 10),
+            fb.write("b", 1, 6),
+            fa.write("a", 11, 20),
+            fa.write("a", 1, 10),  # sent again: a duplicate of the first
+            fa.write("a", 15, 25),  # overlaps what is stored by now
+            fb.write("b", 9, 12),  # skips 7..8: a gap
+            fa.write("nope", 1, 3),  # a run never opened
+            fa.write("a", 26, 32),
+        ]
+    )
+    assert [type(r).__name__ for r in results] == ["StoreResult"] * 5 + ["SequenceGap", "RunNotFound"] + [
+        "StoreResult"
+    ]
+    assert [(r.duplicate, r.acked_seq, r.stored) for r in results if not isinstance(r, Exception)] == [
+        (False, 10, 10), (False, 6, 6), (False, 20, 10), (True, 20, 0), (False, 25, 5), (False, 32, 7),
+    ]  # fmt: skip
+    assert history(storage, "a") == fa.state().rows
+    assert history(storage, "b") == [r for r in fb.state().rows if r["_step"] < 4]  # seqs 3..6 are rows 0..3
+    assert storage.open_run(E, P, "b", "w", "").acked_seq == 6
+    assert storage.get_run(E, P, "nope") is None
+
+
+def test_a_batch_that_fails_in_a_group_fails_alone(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    for run in ("a", "bad"):
+        storage.open_run(E, P, run, "w", "")
+    good, bad = training_feed(20), Feed()
+    bad.rows(range(5), lambda i: {"loss": 666.0})
+    real = ck.encode_points
+
+    def fail_on_666(steps: Any, times: Any, values: Any, *a: Any) -> Any:
+        if 666.0 in list(values):
+            raise OSError("simulated failure while storing one batch")
+        return real(steps, times, values, *a)
+
+    monkeypatch.setattr(ck, "encode_points", fail_on_666)
+    results = storage.store_batches([good.write("a", 1, 10), bad.write("bad"), good.write("a", 11, 22)])
+    assert isinstance(results[1], OSError)
+    assert [r.acked_seq for r in (results[0], results[2]) if not isinstance(r, Exception)] == [10, 22]
+    assert history(storage, "a") == good.state().rows
+    assert storage.open_run(E, P, "bad", "w", "").acked_seq == 0 and history(storage, "bad") == []
+    monkeypatch.setattr(ck, "encode_points", real)
+    (retry,) = storage.store_batches([bad.write("bad")])
+    assert not isinstance(retry, Exception) and retry.stored == 5
+    assert history(storage, "bad") == bad.state().rows
+
+
+def test_a_failing_batch_among_its_runs_batches_fails_alone(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's batches are first tried as a whole; one failing makes them go one by one, so
+    the ones before it are stored and the one after it is a gap, as if sent one at a time."""
+    storage.open_run(E, P, "r", "w", "")
+    f = Feed()
+    f.run()
+    f.rows(range(30), lambda i: {"x": 666.0 if 10 <= i < 20 else float(i)})
+    real = ck.encode_points
+
+    def fail_on_666(steps: Any, times: Any, values: Any, *a: Any) -> Any:
+        if 666.0 in list(values):
+            raise OSError("simulated failure while storing one batch")
+        return real(steps, times, values, *a)
+
+    monkeypatch.setattr(ck, "encode_points", fail_on_666)
+    ok, failed, gap = storage.store_batches([f.write("r", 1, 11), f.write("r", 12, 21), f.write("r", 22, 31)])
+    assert not isinstance(ok, Exception) and ok.acked_seq == 11
+    assert isinstance(failed, OSError) and isinstance(gap, SequenceGap) and gap.expected == 12
+    assert history(storage) == f.state().rows[:10]
+
+
+def test_batches_of_one_run_in_one_group_are_stored_once_as_a_whole(storage: Storage) -> None:
+    """A group's batches of one run are folded in together (one set of chunks), and each is
+    still its own dedupe key: resending any of them later is a duplicate."""
+    storage.open_run(E, P, "r", "w", "")
+    f = training_feed(3000)
+    with numpy_everywhere():
+        cuts = [(1, 700), (701, 1900), (1901, 3002)]
+        results = storage.store_batches([f.write("r", a, b) for a, b in cuts])
+        assert [(r.duplicate, r.acked_seq) for r in results if not isinstance(r, Exception)] == [
+            (False, 700), (False, 1900), (False, 3002),
+        ]  # fmt: skip
+        assert all(f.store(storage, first=a, last=b).duplicate for a, b in cuts)
+    assert history(storage) == f.state().rows
+    assert run_info(storage).row_count == 3000
 
 
 # --- metadata, summary, state ------------------------------------------------------------------
@@ -629,19 +752,36 @@ def test_history_summary_and_keys_read_back_as_the_offline_reader_folds_them(
     backend: Backend, feed_cuts: tuple[Feed, list[int]], data: st.DataObject
 ) -> None:
     """Random rows (NaN, infinities, ints of every width, bools, missing keys, strings, None,
-    nested dicts), stored in random batches, some sent twice, compacted at random moments."""
+    nested dicts), stored in random batches, some sent twice, compacted at random moments.
+    Batches go as lists of records, or as the server decodes them (numpy paths included), one
+    call each or all in one group commit."""
     f, cuts = feed_cuts
     s = backend.open()
     run = f"r{next(RUN_IDS)}"
     s.open_run(E, P, run, "w", "")
-    first = 1
-    for last in cuts:
-        f.store(s, run=run, first=first, last=last)
-        if data.draw(st.integers(0, 3)) == 0:
-            assert f.store(s, run=run, first=first, last=last).duplicate
-        if data.draw(st.integers(0, 2)) == 0:
-            s.compact(E, P, run)
-        first = last + 1
+    how = data.draw(st.sampled_from(["records", "decoded", "numpy", "grouped"]))
+    with numpy_everywhere() if how in ("numpy", "grouped") else contextlib.nullcontext():
+        group: list[BatchWrite] = []
+        first = 1
+        for last in cuts:
+            resend = data.draw(st.integers(0, 3)) == 0
+            if how == "grouped":
+                group += [f.write(run, first, last)] * (2 if resend else 1)
+            elif how == "records":
+                f.store(s, run=run, first=first, last=last)
+            else:
+                s.store_batch(E, P, run, "w", *f.decoded(first, last))
+            if resend and how != "grouped":
+                assert f.store(s, run=run, first=first, last=last).duplicate
+            if how != "grouped" and data.draw(st.integers(0, 2)) == 0:
+                s.compact(E, P, run)
+            first = last + 1
+        if group:
+            results = s.store_batches(group)
+            assert not any(isinstance(r, Exception) for r in results), results
+            assert [r.duplicate for r in results] == [  # type: ignore[union-attr]
+                i > 0 and group[i] is group[i - 1] for i in range(len(group))
+            ]
     model = f.state()
     page = data.draw(st.integers(1, 50))
     assert canon(history(s, run, page_size=page)) == canon(model.rows)

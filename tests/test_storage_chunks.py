@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runstream import records as rec
+from runstream_ingest.storage import batch as bt
 from runstream_ingest.storage import chunks as ck
+from runstream_ingest.storage import columns as cl
 from runstream_ingest.storage.base import StorageError
 
 I64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -74,11 +76,17 @@ def test_chunk_round_trip_is_bit_exact_and_keeps_types(pts: tuple[list[int], lis
     assert canon(got.values) == canon(values)
 
 
-@given(points())
-@settings(max_examples=60, deadline=None)
-def test_chunk_stats_match_a_brute_force_count(pts: tuple[list[int], list[float], list[Any]]) -> None:
+@given(points(), st.booleans())
+@settings(max_examples=120, deadline=None)
+def test_chunk_stats_match_a_brute_force_count(
+    pts: tuple[list[int], list[float], list[Any]], vectorised: bool
+) -> None:
+    """By the Python path (small chunks) and the numpy one (large chunks; forced here)."""
     steps, times, values = pts
-    _, s = ck.encode_chunk(steps, times, values)
+    with pytest.MonkeyPatch.context() as m:
+        if vectorised:
+            m.setattr(ck, "NUMPY_MIN", 0)
+        _, s = ck.encode_chunk(steps, times, values)
     numbers = [float(v) for v in values]
     valid = [v for v in numbers if not math.isnan(v)]
     assert (s.count, s.nans) == (len(values), len(values) - len(valid))
@@ -179,16 +187,17 @@ def model_columns(dicts: list[dict[Any, Any]]) -> dict[str, list[tuple[int, Any]
     """Per key, (row index, value) as RunState would see the rows."""
     out: dict[str, list[tuple[int, Any]]] = {}
     for i, d in enumerate(dicts):
-        for k, v in ck._row_dict(d).items():
+        for k, v in cl._row_dict(d).items():
             if k not in ck.RESERVED:
                 out.setdefault(k, []).append((i, v))
     return out
 
 
-def columns_as_points(cols: ck.Columns) -> dict[str, list[tuple[int, Any]]]:
+def columns_as_points(cols: cl.Columns) -> dict[str, list[tuple[int, Any]]]:
     out: dict[str, list[tuple[int, Any]]] = {}
     for k, c in cols.numeric.items():
-        out.setdefault(k, []).extend(zip(c.steps, c.values, strict=True))
+        steps, values = (list(x.tolist() if hasattr(x, "tolist") else x) for x in (c.steps, c.values))
+        out.setdefault(k, []).extend(zip(steps, values, strict=True))
     for k, s, _, v in cols.other:
         out.setdefault(k, []).append((s, v))
     return {k: sorted(v, key=lambda p: p[0]) for k, v in out.items()}
@@ -202,17 +211,28 @@ def test_columns_hold_every_value_of_every_row_as_the_offline_reader_sees_it(
     steps = list(range(len(dicts)))
     times = [1000.0 + i for i in steps]
     packed = [rec.pack_body(d) for d in dicts]
-    general = ck.build_columns(steps, times, [msgpack.unpackb(b, strict_map_key=False) for b in packed])
+    general = cl.build_columns(steps, times, [msgpack.unpackb(b, strict_map_key=False) for b in packed])
     model = model_columns(dicts)
     assert canon(columns_as_points(general)) == canon(model)
     assert canon(general.last) == canon({k: v[-1][1] for k, v in model.items()})
-    fast = ck.uniform_columns(packed, steps, times)
+    fast = cl.uniform_columns(packed, steps, times)
     if fast is not None:
         assert canon(columns_as_points(fast)) == canon(model)
         assert canon(fast.last) == canon(general.last)
         assert fast.order == general.order
         for k, c in fast.numeric.items():
             assert c.vtype == general.numeric[k].vtype
+    # The numpy path, out of a decoded batch (forced for any size).
+    batch = b"".join(rec.encode(i + 1, rec.KIND_ROW, i, 1000.0 + i, b) for i, b in enumerate(packed))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bt, "NUMPY_BYTES", 0)
+        m.setattr(cl, "NUMPY_MIN", 0)
+        cols, malformed, dropped = cl.batch_columns(bt.decode_batch(batch, 1, len(packed)), -1)
+    assert cols is not None and (malformed, dropped) == ([], 0)
+    assert canon(columns_as_points(cols)) == canon(model)
+    assert canon(cols.last) == canon(general.last)
+    assert cols.order == general.order
+    assert {k: c.vtype for k, c in cols.numeric.items()} == {k: c.vtype for k, c in general.numeric.items()}
 
 
 def test_uniform_rows_of_floats_take_the_fast_path() -> None:
@@ -220,7 +240,7 @@ def test_uniform_rows_of_floats_take_the_fast_path() -> None:
     packed = [
         rec.pack_body({"loss": rng.random(), "acc": rng.random(), "ok": True, "epoch": 3}) for _ in range(100)
     ]
-    cols = ck.uniform_columns(packed, list(range(100)), [0.0] * 100)
+    cols = cl.uniform_columns(packed, list(range(100)), [0.0] * 100)
     assert cols is not None
     assert cols.numeric["epoch"].values[-1] == 3 and type(cols.numeric["epoch"].values[-1]) is int
     assert cols.numeric["ok"].values[0] is True
@@ -229,7 +249,7 @@ def test_uniform_rows_of_floats_take_the_fast_path() -> None:
 def test_train_and_eval_rows_take_the_fast_path_and_merge_in_row_order() -> None:
     dicts = [{"loss": i / 10, "lr": 0.1, **({"val": i} if i % 4 == 0 else {})} for i in range(12)]
     dicts[5]["lr"] = 1  # an int among floats: the key becomes MIXED
-    cols = ck.uniform_columns([rec.pack_body(d) for d in dicts], list(range(12)), [0.0] * 12)
+    cols = cl.uniform_columns([rec.pack_body(d) for d in dicts], list(range(12)), [0.0] * 12)
     assert cols is not None
     assert cols.order == ["loss", "lr", "val", "_timestamp"]
     assert list(cols.numeric["loss"].values) == [i / 10 for i in range(12)]
@@ -241,9 +261,9 @@ def test_train_and_eval_rows_take_the_fast_path_and_merge_in_row_order() -> None
 def test_same_length_rows_with_other_keys_leave_the_fast_path() -> None:
     packed = [rec.pack_body({"acc_a": 1.0}), rec.pack_body({"acc_b": 2.0})]
     assert len(packed[0]) == len(packed[1])
-    assert ck.uniform_columns(packed, [0, 1], [0.0, 1.0]) is None
+    assert cl.uniform_columns(packed, [0, 1], [0.0, 1.0]) is None
     mixed = [rec.pack_body({"x": True}), rec.pack_body({"x": 1})]  # one byte each, bool vs fixint
-    assert ck.uniform_columns(mixed, [0, 1], [0.0, 1.0]) is None
+    assert cl.uniform_columns(mixed, [0, 1], [0.0, 1.0]) is None
 
 
 def test_rows_at_or_below_the_last_step_are_counted_not_kept() -> None:
@@ -251,7 +271,7 @@ def test_rows_at_or_below_the_last_step_are_counted_not_kept() -> None:
         rec.Record(i + 1, rec.KIND_ROW, 0, step, 0.0, rec.pack_body({"x": i}))
         for i, step in enumerate([5, 6, 6, 4, 9])
     ]
-    cols, malformed, dropped = ck.rows_to_columns(records, last_step=5)
+    cols, malformed, dropped = cl.rows_to_columns(records, last_step=5)
     assert cols is not None and not malformed
     assert cols.steps == [6, 9] and dropped == 3
     assert list(cols.numeric["x"].values) == [1, 4]
@@ -264,7 +284,7 @@ def test_rows_whose_body_is_not_a_map_are_handed_back_as_malformed() -> None:
         rec.Record(3, rec.KIND_ROW, 0, 2, 0.0, b"\xc1"),  # never-used msgpack byte
         rec.Record(4, rec.KIND_ROW, 0, 3, 0.0, rec.pack_body({"x": 2.0})),
     ]
-    cols, malformed, dropped = ck.rows_to_columns(records, last_step=-1)
+    cols, malformed, dropped = cl.rows_to_columns(records, last_step=-1)
     assert cols is not None and dropped == 0
     assert [r.seq for r in malformed] == [2, 3]
     assert cols.steps == [0, 3]
@@ -285,3 +305,76 @@ def test_compaction_plans_merge_only_adjacent_small_chunks_within_the_limit(
         assert total <= ck.CHUNK_MAX and (final or total >= ck.COMPACT_MIN)
         assert not seen & set(ids)
         seen |= set(ids)
+
+
+# --- decoding a received batch -----------------------------------------------------------------
+@st.composite
+def damaged_batches(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    """A batch of records of mixed sizes and kinds (runs of equal sizes, as training loops
+    make), then perhaps damaged: a flipped byte, cut or added bytes, a wrong seq or range."""
+    first = draw(st.integers(1, 2**40))
+    sizes = draw(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 40)), min_size=1, max_size=6))
+    out, seq = [], first
+    for size, count in sizes:
+        for _ in range(count):
+            kind = draw(st.sampled_from([rec.KIND_ROW, rec.KIND_ROW, rec.KIND_RUN, rec.KIND_EXIT, 9]))
+            out.append(
+                rec.encode(
+                    seq, kind, seq * 2, float(seq), bytes(draw(st.binary(min_size=size, max_size=size)))
+                )
+            )
+            seq += 1
+    data, last = bytearray(b"".join(out)), seq - 1
+    how = draw(st.sampled_from(["none", "flip", "cut", "append", "seq", "range", "pad"]))
+    if how == "flip":
+        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+    elif how == "cut":
+        data = data[: draw(st.integers(0, len(data) - 1))]
+    elif how == "append":
+        data += draw(st.binary(min_size=1, max_size=60))
+    elif how == "seq":
+        last += draw(st.sampled_from([-1, 1]))
+    elif how == "range":
+        first += draw(st.sampled_from([-1, 1]))
+    elif how == "pad":  # a ring padding record in the middle, with a valid CRC
+        pos = sum(map(len, out[: draw(st.integers(0, len(out) - 1))]))
+        length = struct.unpack_from("<I", data, pos)[0]
+        data[pos + 16] = rec.KIND_PAD
+        struct.pack_into("<I", data, pos + 4, rec.crc32c(bytes(data[pos + 8 : pos + 40 + length])))
+    return bytes(data), first, last
+
+
+@given(damaged_batches())
+@settings(max_examples=300, deadline=None)
+def test_decode_batch_accepts_and_refuses_exactly_what_parse_batch_does(case: tuple[bytes, int, int]) -> None:
+    """The server's vectorised decoder against the reference parser: the same records, or the
+    same error message naming the same place."""
+    data, first, last = case
+    try:
+        want: list[rec.Record] | str = rec.parse_batch(data, first, last)
+    except rec.BatchError as e:
+        want = str(e)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bt, "NUMPY_BYTES", 0)
+        try:
+            got: list[rec.Record] | str = list(bt.decode_batch(data, first, last))
+        except rec.BatchError as e:
+            got = str(e)
+    assert got == want
+
+
+def test_a_decoded_batch_is_a_sequence_of_records_and_slices_share_its_buffer() -> None:
+    data = b"".join(rec.encode(s, rec.KIND_ROW, s, 0.5 * s, rec.pack_body({"x": s})) for s in range(1, 2001))
+    batch = bt.decode_batch(data, 1, 2000)
+    assert isinstance(batch, bt.RecordBatch) and len(batch) == 2000
+    assert batch[5] == rec.Record(6, rec.KIND_ROW, 0, 6, 3.0, rec.pack_body({"x": 6}))
+    tail = batch[1500:]
+    assert (
+        isinstance(tail, bt.RecordBatch)
+        and tail.data is batch.data
+        and [r.seq for r in tail] == list(range(1501, 2001))
+    )
+    joined = bt.join_records([batch[:700], batch[700:]])
+    assert list(joined) == list(batch)
+    with pytest.raises(rec.BatchError, match="outside"):
+        bt.decode_batch(data, 2**63, 2**63 + 1999)

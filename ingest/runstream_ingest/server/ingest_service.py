@@ -7,39 +7,50 @@ then stored in one transaction together with its dedupe key, and only then acked
 durable.  A batch sent again after a lost ack is acked again and stored once — the database, not
 this process's memory, decides that.
 
+Batches of all streams meet in the storage writer's queue (``writer.py``), which stores all
+that wait in one group commit.  A stream reads ahead of its acks (``PIPELINE``), so its next batch
+is decoded while one is stored, but only that far: then it stops reading, and HTTP/2 flow
+control holds the client back.
+
 Anything malformed ends that stream with a precise status and message; it never raises out of
 the handler, so other streams and the server are untouched.
 
-Concurrency contract: handlers run on the server's event loop; every storage write goes through
-the single-thread ``writer`` executor, so the storage sees one writer.
+Concurrency contract: handlers and their ``_Pipeline`` reader tasks run on the server's event
+loop; every storage write goes through the ``StorageWriter``'s one thread, so the storage sees
+one writer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import zstandard
 
 from runstream import records as rec
 
-from ..storage.base import BadBatch, RunExists, RunNotFound, SequenceGap, Storage
+from ..storage.base import BadBatch, BatchWrite, RunExists, RunNotFound, SequenceGap, Storage, StoreResult
+from ..storage.batch import decode_batch
 from ..wire import ingest_pb2 as pb
 from ..wire import ingest_pb2_grpc as pb_grpc
 from .auth import Authenticator, AuthError
+from .writer import StorageWriter
 
 log = logging.getLogger("runstream.server.ingest")
 
 PROTOCOL_VERSION = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: `$` allows a final "\n"
-T = TypeVar("T")
+# What one stream may have read, checked and queued for storage ahead of its acks: at least
+# one batch, at most PIPELINE of them and, past the first, PIPELINE_BYTES of decoded records.
+PIPELINE = 8
+PIPELINE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -88,22 +99,21 @@ def inflate(codec: int, payload: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-def check_batch(batch: Any, acked: int, limits: Limits) -> list[rec.Record]:
-    if batch.first_seq < 1 or batch.last_seq < batch.first_seq:
-        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"bad seq range {batch.first_seq}..{batch.last_seq}")
-    if batch.first_seq > acked + 1:
+def check_batch(batch: Any, acked: int, limits: Limits) -> Sequence[rec.Record]:
+    first, last = batch.first_seq, batch.last_seq
+    if first < 1 or last < first:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"bad seq range {first}..{last}")
+    if first > acked + 1:
         raise Refused(
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"sequence gap: the server holds this writer up to seq {acked}, "
-            f"the batch starts at {batch.first_seq}",
+            f"sequence gap: the server holds this writer up to seq {acked}, the batch starts at {first}",
         )
-    if rec.crc32c(batch.payload) != batch.crc32c:
-        raise Refused(
-            grpc.StatusCode.DATA_LOSS, f"checksum mismatch in batch {batch.first_seq}..{batch.last_seq}"
-        )
-    data = inflate(batch.codec, batch.payload, limits.max_batch)
+    payload = batch.payload  # each read of a bytes field copies it
+    if rec.crc32c(payload) != batch.crc32c:
+        raise Refused(grpc.StatusCode.DATA_LOSS, f"checksum mismatch in batch {first}..{last}")
+    data = inflate(batch.codec, payload, limits.max_batch)
     try:
-        records = rec.parse_batch(data, batch.first_seq, batch.last_seq)
+        records = decode_batch(data, first, last)
     except rec.BatchError as e:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable batch: {e}") from None
     if batch.record_count and batch.record_count != len(records):
@@ -119,7 +129,7 @@ class IngestService(pb_grpc.IngestServicer):
         self,
         storage: Storage,
         auth: Authenticator,
-        writer: ThreadPoolExecutor,
+        writer: StorageWriter,
         limits: Limits = Limits(),
         on_stored: Callable[[str, int], None] | None = None,
     ) -> None:
@@ -129,10 +139,6 @@ class IngestService(pb_grpc.IngestServicer):
         self.limits = limits
         self.on_stored = on_stored
         self.batches = 0
-        self.rows = 0
-
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.writer, fn, *args)
 
     async def Stream(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -170,46 +176,111 @@ class IngestService(pb_grpc.IngestServicer):
         if o.resume not in ("", "allow", "must", "never", "auto"):
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.resume {o.resume!r} is not a resume mode")
         key = self.auth.check(context.invocation_metadata() or (), o.entity)
-        where = (o.entity, o.project, o.run_id)
         try:
-            opened = await self._write(self.storage.open_run, *where, o.writer_id, o.resume)
+            opened = await self.writer.call(
+                self.storage.open_run, o.entity, o.project, o.run_id, o.writer_id, o.resume
+            )
         except RunNotFound as e:
             raise Refused(grpc.StatusCode.NOT_FOUND, str(e)) from None
         except RunExists as e:
             raise Refused(grpc.StatusCode.ALREADY_EXISTS, str(e)) from None
-        acked = opened.acked_seq
         yield pb.ServerMessage(
             opened=pb.Opened(
-                acked_seq=acked, resumed=opened.resumed, last_step=opened.last_step, run_path=opened.run_path
+                acked_seq=opened.acked_seq,
+                resumed=opened.resumed,
+                last_step=opened.last_step,
+                run_path=opened.run_path,
             )
         )
-        async for msg in it:
-            kind = msg.WhichOneof("msg")
-            if kind == "heartbeat":
-                await self._write(self.storage.heartbeat, *where, time.time())
-                continue
-            if kind != "batch":
-                raise Refused(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message after Open"
-                )
-            if key is not None:
-                self.auth.recheck(key)
-            records = check_batch(msg.batch, acked, self.limits)
-            try:
-                result = await self._write(
-                    self.storage.store_batch,
-                    *where,
-                    o.writer_id,
-                    msg.batch.first_seq,
-                    msg.batch.last_seq,
-                    records,
-                )
-            except SequenceGap as e:
-                raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
-            except BadBatch as e:
-                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-            acked = result.acked_seq
-            self.batches += 1
-            if self.on_stored is not None:
-                self.on_stored(opened.run_path, acked)
-            yield pb.ServerMessage(ack=pb.Ack(seq=acked))
+        # Batches are read, checked and queued for storage up to PIPELINE ahead of their acks
+        # (so the next is decoded while one is stored), and no further: a server behind stops
+        # reading, and HTTP/2 flow control holds the client back instead of a queue growing here.
+        stream = _Pipeline(self, o, key, opened.acked_seq)
+        reader = asyncio.create_task(stream.read(it))
+        try:
+            while (item := await stream.queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                result = await item
+                stream.done(item)
+                if isinstance(result, SequenceGap):
+                    raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(result))
+                if isinstance(result, BadBatch):
+                    raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(result))
+                if isinstance(result, Exception):
+                    raise result
+                self.batches += 1
+                if self.on_stored is not None:
+                    self.on_stored(opened.run_path, result.acked_seq)
+                yield pb.ServerMessage(ack=pb.Ack(seq=result.acked_seq))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+class _Pipeline:
+    """One stream's batches between the wire and their acks (see ``IngestService._stream``).
+
+    Concurrency contract: ``read`` runs as one task on the event loop and ``queue`` is consumed
+    by the stream's handler on the same loop; nothing else touches it.
+    """
+
+    def __init__(self, service: IngestService, o: Any, key: Any, acked: int) -> None:
+        self.service, self.o, self.key = service, o, key
+        self.expected = acked  # the highest seq stored or queued: the next batch may start after it
+        self.sizes: dict[asyncio.Future[Any], int] = {}  # queued batches' decoded bytes
+        self.size = 0
+        self.room = asyncio.Event()
+        # Futures of queued batches in stream order, then None (the client half-closed) or the
+        # exception that ends the stream; the handler answers them in that order.
+        self.queue: asyncio.Queue[asyncio.Future[StoreResult | Exception] | BaseException | None]
+        self.queue = asyncio.Queue()
+
+    def done(self, fut: asyncio.Future[Any]) -> None:
+        """A queued batch was answered: room for the next."""
+        self.size -= self.sizes.pop(fut)
+        self.room.set()
+
+    async def wait_for_room(self) -> None:
+        while self.sizes and (len(self.sizes) >= PIPELINE or self.size >= PIPELINE_BYTES):
+            self.room.clear()
+            await self.room.wait()
+
+    async def read(self, it: AsyncIterator[Any]) -> None:
+        s, o = self.service, self.o
+        try:
+            while True:
+                await self.wait_for_room()
+                try:
+                    msg = await anext(it)
+                except StopAsyncIteration:
+                    break
+                kind = msg.WhichOneof("msg")
+                if kind == "heartbeat":
+                    await s.writer.call(s.storage.heartbeat, o.entity, o.project, o.run_id, time.time())
+                    continue
+                if kind != "batch":
+                    raise Refused(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message after Open"
+                    )
+                if self.key is not None:
+                    s.auth.recheck(self.key)
+                b = msg.batch
+                records = check_batch(b, self.expected, s.limits)
+                where = (o.entity, o.project, o.run_id, o.writer_id)
+                fut = s.writer.submit(BatchWrite(*where, b.first_seq, b.last_seq, records))
+                self.sizes[fut] = n = _size(records)
+                self.size += n
+                self.queue.put_nowait(fut)
+                self.expected = max(self.expected, b.last_seq)
+            self.queue.put_nowait(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # after the acks of the batches before it
+            self.queue.put_nowait(e)
+
+
+def _size(records: Sequence[rec.Record]) -> int:
+    data = getattr(records, "data", None)  # a RecordBatch: one buffer
+    return len(data) if data is not None else sum(len(r.body) + rec.HEADER_SIZE for r in records)

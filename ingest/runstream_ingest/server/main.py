@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ from .auth import Authenticator, auth_required, insecure_warning
 from .http_api import HttpApi
 from .ingest_service import IngestService, Limits
 from .keys import KeyStore
+from .live import LiveHub
+from .writer import StorageWriter
 
 log = logging.getLogger("runstream.server")
 
@@ -44,21 +47,18 @@ class Server:
         self.keys = KeyStore(db)
         self.required = auth_required(args.host, args.auth)
         self.auth = Authenticator(self.keys, required=self.required)
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="storage-writer")
+        self.store = StorageWriter(self.storage)  # group commit of batches
+        self.writer = self.store.executor  # the storage's one writer thread, for other writes
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="storage-reader")
         self.limits = Limits(max_message=args.max_message)
         self.touched: set[str] = set()  # runs stored to since the last compaction pass
-        self.ingest = IngestService(
-            self.storage,
-            self.auth,
-            self.writer,
-            self.limits,
-            on_stored=lambda path, _: self.touched.add(path),
-        )
+        self.live = LiveHub()  # dashboards following runs (server-sent events)
+        self.ingest = IngestService(self.storage, self.auth, self.store, self.limits, on_stored=self._stored)
         self._stop = asyncio.Event()
 
     def _stored(self, run_path: str, acked: int) -> None:
         self.touched.add(run_path)
+        self.live.notify(run_path)
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         a = self.args
@@ -95,7 +95,7 @@ class Server:
             "auth": self.required,
             "tls": creds is not None,
         }
-        http = HttpApi(self.storage, self.auth, self.readers, info)
+        http = HttpApi(self.storage, self.auth, self.readers, info, writer=self.writer, live=self.live)
         runner = web.AppRunner(http.app(), access_log=None)
         await runner.setup()
         https = None
@@ -124,12 +124,17 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
+        # Everything made so far (modules, gRPC, the app) lives as long as the server: the
+        # collector need not walk it again and again while batches come in.
+        gc.freeze()
         janitor = asyncio.create_task(self._janitor())
         await self._stop.wait()
         janitor.cancel()
         await server.stop(grace=3)
         await runner.cleanup()
         self.writer.shutdown(wait=True)
+        if self.store.groups:
+            log.info("stored %d batches in %d group commits", self.store.batches, self.store.groups)
         self.readers.shutdown(wait=True)
         self.storage.close()
         self.keys.close()
@@ -148,6 +153,7 @@ class Server:
                 )
                 for path in crashed:
                     log.warning("run %s went silent for %.0fs: marked crashed", path, timeout)
+                    self.live.notify(path)
                 touched, self.touched = self.touched, set()
                 for path in touched:
                     entity, project, run_id = path.split("/")

@@ -7,13 +7,14 @@ metadata records (RUN, CONFIG, SUMMARY, STATS, EXIT) with exactly the rules of
 config, summary and state; backends only persist what it computes.
 
 Concurrency contract (every backend): all writing methods (``open_run``, ``store_batch``,
-``heartbeat``, ``mark_stale_runs_crashed``, ``compact``) are called from ONE writer thread (the
-server's writer executor); a backend may serialise them with a lock but need not be fast when
-called from several.  Reading methods (``get_run``, ``list_runs``, ``list_projects``,
-``history_keys``, ``scan_history``, ``series``, ``console``, ``system_metrics``, ``files``) may be
-called from any thread at the same time as writes; each read sees committed data only (a batch
-is visible whole or not at all), and one ``scan_history`` iteration sees one snapshot.  ``close``
-is called once, after writers and readers have stopped.
+``store_batches``, ``heartbeat``, ``mark_stale_runs_crashed``, ``compact``) are called from ONE
+writer thread (the server's writer executor); a backend may serialise them with a lock but need
+not be fast when called from several.  Reading methods (``get_run``, ``list_runs``,
+``list_projects``, ``history_keys``, ``scan_history``, ``series``, ``console``,
+``system_metrics``, ``files``) may be called from any thread at the same time as writes; each
+read sees committed data only (a batch is visible whole or not at all), and one
+``scan_history`` iteration sees one snapshot.  ``close`` is called once, after writers and
+readers have stopped.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runstream import records as rec
 from runstream.reader import STATS_KEYS, flatten
+
+if TYPE_CHECKING:  # at run time only the annotations name them; series.py imports chunks.py imports us
+    from .filters import Field, Node, SortKey
+    from .series import Series
 
 RESUME_MODES = ("", "allow", "auto", "must", "never")
 RUN_STATES = ("running", "finished", "failed", "crashed")
@@ -80,6 +85,19 @@ class OpenedRun:
     resumed: bool  # the run existed before this call
     last_step: int  # highest history step stored for the run; -1 if none
     run_path: str  # entity/project/run_id
+
+
+@dataclass(frozen=True, slots=True)
+class BatchWrite:
+    """One batch for ``store_batches``: records first_seq..last_seq of one writer of one run."""
+
+    entity: str
+    project: str
+    run_id: str
+    writer_id: str
+    first_seq: int
+    last_seq: int
+    records: Sequence[rec.Record]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +193,17 @@ class Storage(Protocol):
         """
         ...
 
+    def store_batches(self, batches: Sequence[BatchWrite]) -> list[StoreResult | Exception]:
+        """Group commit: each batch by the rules of ``store_batch``, in order (a batch sees what
+        the ones before it stored), all in ONE transaction, made durable once.
+
+        A batch that fails (SequenceGap, BadBatch, RunNotFound, or anything else) leaves nothing
+        of itself behind and does not stop the others: its exception is in its place in the
+        result.  A failure of the transaction itself (a full disk at commit) raises, and then no
+        batch is stored.  When this returns, every StoreResult in it is durable.
+        """
+        ...
+
     def heartbeat(self, entity: str, project: str, run_id: str, at: float) -> None: ...
 
     def mark_stale_runs_crashed(self, older_than: float) -> list[str]:
@@ -256,6 +285,9 @@ def check_batch(path: str, first_seq: int, last_seq: int, records: Sequence[rec.
     """Records must be exactly first_seq..last_seq, in order (BadBatch otherwise)."""
     if first_seq < 1 or last_seq < first_seq:
         raise BadBatch(f"run {path}: batch seq range {first_seq}..{last_seq} is empty or starts below 1")
+    seqs_are = getattr(records, "seqs_are", None)  # a RecordBatch: its decoder checked every seq
+    if seqs_are is not None and seqs_are(first_seq, last_seq):
+        return
     n = last_seq - first_seq + 1
     if len(records) != n:
         raise BadBatch(
@@ -415,3 +447,99 @@ class RunFold:
         code = self.exit.get("exit_code")
         state = str(self.exit.get("state") or ("finished" if code == 0 else "failed"))
         return state, code if isinstance(code, int) else None
+
+
+# --- the read side of the dashboard (storage/sqlite_query.py, storage/series.py) ---------------
+class RunBusy(StorageError):
+    """The run is running: it cannot be deleted until it has ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunQuery:
+    """A page of a project's runs.  ``filters``/``order`` come from ``filters.parse_filter`` and
+    ``filters.parse_order``; ``search`` matches name, id or a tag (case-insensitive substring)."""
+
+    filters: Node | None = None
+    order: tuple[SortKey, ...] = ()
+    search: str | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass(slots=True)
+class RunPage:
+    total: int  # runs matching the filters and search, on every page
+    runs: list[RunInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricStats:
+    """Of the numeric values of one key over a group's runs (None when there are none)."""
+
+    count: int
+    mean: float | None
+    min: float | None
+    max: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunGroup:
+    value: Any  # the group key's value (None: runs without it)
+    count: int
+    metrics: dict[str, MetricStats]
+
+
+class RunQueries(Protocol):
+    """What the runs table, the charts and the run editor need from a backend.
+
+    Concurrency contract: reading methods may be called from any thread at the same time as
+    writes and see committed data only; ``update_run`` and ``delete_run`` write, so they are
+    called from the storage's one writer thread like every other write.
+    """
+
+    def query_runs(self, entity: str, project: str, query: RunQuery) -> RunPage: ...
+
+    def group_runs(
+        self,
+        entity: str,
+        project: str,
+        by: Field,
+        metrics: Sequence[Field],
+        filters: Node | None = None,
+        search: str | None = None,
+    ) -> tuple[list[RunGroup], int]:
+        """Groups by value (at most ``MAX_GROUPS``), and how many groups there are in all."""
+        ...
+
+    def all_projects(self, entity: str | None) -> list[dict[str, Any]]:
+        """Every project (only ``entity``'s when given): entity, name, runs, last_active."""
+        ...
+
+    def run_keys(self, entity: str, project: str) -> dict[str, list[str]]:
+        """The config and summary keys the project's runs hold, sorted: {"config": [...], ...}."""
+        ...
+
+    def series(
+        self,
+        entity: str,
+        project: str,
+        run_id: str,
+        keys: Sequence[str],
+        buckets: int,
+        x_axis: str = "_step",
+        lo: float | None = None,
+        hi: float | None = None,
+    ) -> dict[str, Series]:
+        """Every key downsampled over one x range (default: what the keys cover), in one
+        snapshot.  A key the run does not have comes back empty.  RunNotFound."""
+        ...
+
+    def update_run(self, entity: str, project: str, run_id: str, changes: dict[str, Any]) -> RunInfo:
+        """Set ``name``, ``tags`` and/or ``notes`` (already checked).  RunNotFound."""
+        ...
+
+    def delete_run(self, entity: str, project: str, run_id: str) -> None:
+        """Remove the run and everything stored for it.  RunNotFound; RunBusy while it runs."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,4 +1,4 @@
-"""History as column chunks: rows of a batch into per-key columns, columns into checksummed blobs.
+"""History as column chunks: per-key columns of points into checksummed, compressed blobs.
 
 A chunk holds consecutive points of one series (one run, one key): their steps, timestamps and
 values, compressed with zstd, plus statistics (count, NaN count, min, max, sum, first, last) that
@@ -11,12 +11,12 @@ format is in ``docs/storage.md`` ("Chunk"); in short::
 
 ``crc32c`` covers every byte after itself, so damage anywhere past the magic is caught before the
 payload is trusted.  8-byte columns are byte-shuffled (all first bytes, then all second bytes...)
-so that slowly changing numbers compress well; slicing ``bytes`` with a stride does that in C.
+so that slowly changing numbers compress well (a numpy transpose does that in C).
 
 Values keep their Python type: a chunk is all floats (F64, bit-exact, NaN and infinities
 included), all ints (I64), all bools (BOOL) or MIXED (8 raw bytes per point plus a type tag).
 Ints outside int64 and non-numbers (str, None, lists, bytes) are not chunk values; the column
-builder hands them back as ``other`` points for the backend's value table.
+builder (``columns.py``) hands them back as ``other`` points for the backend's value table.
 
 Everything here is pure functions over their arguments; zstd contexts are per thread, so any
 thread may encode or decode.
@@ -26,20 +26,17 @@ from __future__ import annotations
 
 import math
 import struct
-import sys
 import threading
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
-from operator import attrgetter, itemgetter, lt
 from typing import Any, NamedTuple
 
-import msgpack
+import numpy as np
+import numpy.typing as npt
 import zstandard
 
 from runstream import records as rec
-from runstream.reader import flatten
 
 from .base import StorageError
 
@@ -58,6 +55,7 @@ NUMERIC = frozenset(_TAGS)
 CHUNK_MAX = 4096  # points per chunk: a batch's column is cut into pieces of at most this many
 COMPACT_MIN = 2048  # chunks smaller than this are merged with their neighbours by compaction
 ZSTD_LEVEL = 1  # level 3 gains ~5% size on history at ~1.6x the cost on the write path
+NUMPY_MIN = 256  # below this many points numpy's cost per call outweighs its speed per point
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 RESERVED = frozenset(("_step", "_timestamp", "_runtime"))  # set from the record header, as RunState does
@@ -69,7 +67,7 @@ class ChunkCorrupt(StorageError):
     """A chunk blob failed its checks; nothing of it is returned."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every chunk written, and frozen costs 3x to make
 class ChunkStats:
     count: int
     nans: int
@@ -97,8 +95,10 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
     return ctx
 
 
-def shuffle8(raw: bytes) -> bytes:
-    return b"".join([raw[i::8] for i in range(8)])
+def shuffle8(raw: bytes | npt.NDArray[Any]) -> bytes:
+    """All first bytes of the 8-byte words, then all second bytes...: slowly changing numbers
+    compress well."""
+    return np.frombuffer(raw, np.uint8).reshape(-1, 8).T.tobytes()
 
 
 def unshuffle8(buf: bytes | memoryview, n: int) -> bytearray:
@@ -124,31 +124,49 @@ def value_type(values: Sequence[Any]) -> int | None:
     return VT_BOOL if types == {bool} else VT_MIXED
 
 
-def stats(steps: Sequence[int], times: Sequence[float], values: Sequence[Any]) -> ChunkStats:
-    s = sum(values)
-    nans = 0
-    finite: Sequence[Any] = values
-    if math.isnan(s):  # NaN somewhere, or both infinities: find out which (rare, so the slow way)
-        finite = [v for v in values if not math.isnan(v)]
-        nans = len(values) - len(finite)
-        s = sum(finite)
+def stats(steps: Sequence[int], times: Sequence[float], values: Sequence[Any], vtype: int) -> ChunkStats:
+    """Statistics of a chunk's points, exactly as Python computes them on the values: ``sum``
+    adds left to right (floats) or exactly (ints), NaN is left out of min, max and sum."""
+    n = len(values)
+    mn: float | None
+    mx: float | None
+    if vtype == VT_MIXED or n < NUMPY_MIN:
+        if not isinstance(values, list):  # Python numbers: their sum is the reference
+            values = values.tolist() if hasattr(values, "tolist") else list(values)
+        s = sum(values)
+        nans = 0
+        finite: Sequence[Any] = values
+        if math.isnan(s):  # NaN somewhere, or both infinities: find out which
+            finite = [v for v in values if not math.isnan(v)]
+            nans = n - len(finite)
+            s = sum(finite)
+        mn, mx = (float(min(finite)), float(max(finite))) if finite else (None, None)
+        total, first, last = float(s), float(values[0]), float(values[-1])
+    elif vtype == VT_F64:
+        v = np.asarray(values, np.float64)
+        with np.errstate(all="ignore"):  # inf - inf is NaN and overflow is inf, as in Python
+            # add.accumulate is sequential, as Python's sum of floats (add.reduce pairs, so its
+            # last bits differ); Python starts at 0, which turns a -0.0 total into 0.0.
+            total = float(np.add.accumulate(v)[-1]) + 0.0
+            nans = 0
+            if math.isnan(total):
+                isnan = np.isnan(v)
+                nans = int(np.count_nonzero(isnan))
+                if nans:
+                    v = v[~isnan]
+                    total = float(np.add.accumulate(v)[-1]) + 0.0 if len(v) else 0.0
+        mn, mx = (float(v.min()), float(v.max())) if len(v) else (None, None)
+        first, last = float(values[0]), float(values[-1])
+    else:  # ints and bools: exact
+        v = np.asarray(values, np.int64)
+        lo, hi = int(v.min()), int(v.max())
+        exact = max(-lo, hi) * n < 2**63  # no int64 overflow possible
+        total = float(int(v.sum()) if exact else sum(v.tolist()))
+        nans, mn, mx = 0, float(lo), float(hi)
+        first, last = float(int(v[0])), float(int(v[-1]))
     return ChunkStats(
-        count=len(values),
-        nans=nans,
-        first_step=steps[0],
-        last_step=steps[-1],
-        first_time=times[0],
-        last_time=times[-1],
-        min=float(min(finite)) if finite else None,
-        max=float(max(finite)) if finite else None,
-        sum=float(s),
-        first=float(values[0]),
-        last=float(values[-1]),
+        n, nans, int(steps[0]), int(steps[-1]), float(times[0]), float(times[-1]), mn, mx, total, first, last
     )
-
-
-def _array(code: str, seq: Sequence[Any]) -> array[Any]:
-    return seq if isinstance(seq, array) and seq.typecode == code else array(code, seq)
 
 
 def _mixed_bits(v: Any) -> int:
@@ -162,13 +180,22 @@ XPart = tuple[int, int, int, bytes]  # (xenc, first_step, stride, encoded steps 
 
 
 def _x_part(steps: Sequence[int], times: Sequence[float]) -> XPart:
-    n, first = len(steps), steps[0]
-    stride = steps[1] - first if n > 1 else 0
-    tbytes = shuffle8(_array("d", times).tobytes())
-    # A list compares with a list in C: the common case (consecutive steps) stores no steps.
-    if n == 1 or list(steps) == (list(range(first, first + n * stride, stride)) if stride else [first] * n):
+    n, first = len(steps), int(steps[0])
+    stride = int(steps[1]) - first if n > 1 else 0
+    tbytes = shuffle8(np.asarray(times, np.float64))
+    # The common case (consecutive steps) stores no steps.  A progression whose last term does
+    # not fit int64 (nor its stride) cannot be the steps, and is not computed.
+    if n == 1:
         return XENC_STRIDE, first, stride, tbytes
-    return XENC_EXPLICIT, first, 0, shuffle8(array("q", steps).tobytes()) + tbytes
+    if I64_MIN <= stride <= I64_MAX and I64_MIN <= first + stride * (n - 1) <= I64_MAX:
+        if n < NUMPY_MIN:
+            steps = steps if isinstance(steps, list) else steps.tolist()  # type: ignore[attr-defined]
+            same = steps == (list(range(first, first + n * stride, stride)) if stride else [first] * n)
+        else:
+            same = np.array_equal(np.asarray(steps, np.int64), first + stride * np.arange(n, dtype=np.int64))
+        if same:
+            return XENC_STRIDE, first, stride, tbytes
+    return XENC_EXPLICIT, first, 0, shuffle8(np.asarray(steps, np.int64)) + tbytes
 
 
 def encode_chunk(
@@ -179,7 +206,8 @@ def encode_chunk(
     x: XPart | None = None,
 ) -> tuple[bytes, ChunkStats]:
     """One chunk of 1..2**32-1 numeric points (``value_type`` must accept ``values``); ``x``:
-    the steps and times already encoded by ``_x_part`` (shared by every key of a batch)."""
+    the steps and times already encoded by ``_x_part`` (shared by every key of a batch).
+    Columns may be lists or numpy arrays (then ``vtype`` must be given)."""
     n = len(values)
     if not 0 < n == len(steps) == len(times) < 2**32:
         raise ValueError(f"chunk columns differ in length or are empty: {len(steps)}, {len(times)}, {n}")
@@ -189,11 +217,11 @@ def encode_chunk(
             raise ValueError("chunk values must be int64, float or bool")
     xenc, first, stride, xbytes = x or _x_part(steps, times)
     if vtype == VT_F64:
-        vbytes = shuffle8(_array("d", values).tobytes())
+        vbytes = shuffle8(np.asarray(values, np.float64))
     elif vtype == VT_I64:
-        vbytes = shuffle8(_array("q", values).tobytes())
+        vbytes = shuffle8(np.asarray(values, np.int64))
     elif vtype == VT_BOOL:
-        vbytes = bytes(values)
+        vbytes = np.asarray(values, np.bool_).tobytes()
     else:
         vbytes = shuffle8(array("q", map(_mixed_bits, values)).tobytes())
         vbytes += bytes(map(_TAGS.__getitem__, map(type, values)))
@@ -202,7 +230,7 @@ def encode_chunk(
     head = bytearray(HEADER.pack(MAGIC, 0, vtype, xenc, 0, n, first, stride, len(raw), 0))
     crc = rec.crc32c(body, rec.crc32c(memoryview(head)[CRC_START:]))
     struct.pack_into("<I", head, 4, crc)
-    return bytes(head) + body, stats(steps, times, values)
+    return bytes(head) + body, stats(steps, times, values, vtype)
 
 
 def _raw_len(vtype: int, xenc: int, n: int) -> int:
@@ -322,354 +350,3 @@ def plan_merges(metas: Sequence[tuple[int, int]], final: bool) -> list[list[tupl
             close()
     close()
     return groups
-
-
-# --- rows into columns -------------------------------------------------------------------------
-@dataclass(slots=True)
-class Column:
-    steps: Sequence[int]
-    times: Sequence[float]
-    values: Sequence[Any]  # a list, or an array from the uniform fast path
-    vtype: int
-
-
-@dataclass(slots=True)
-class Columns:
-    """A batch's rows by key.  ``order`` lists every key in first-logged order, with
-    "_timestamp" (the series that says a row exists) after the first row's keys."""
-
-    steps: list[int]
-    times: list[float]
-    numeric: dict[str, Column]
-    other: list[tuple[str, int, float, Any]]  # (key, step, time, value)
-    last: dict[str, Any]  # the last value of every key
-    order: list[str]
-
-
-def unpack_bodies(bodies: Sequence[bytes]) -> list[Any] | None:
-    """Decode many msgpack bodies with one call: prefix an array header to their concatenation.
-    None when some body is bad (the caller then goes record by record)."""
-    n = len(bodies)
-    if n < 16:
-        head = bytes([0x90 | n])
-    else:
-        head = b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big")
-    if not all(bodies):  # an empty body would let the next body's bytes shift into its place
-        return None
-    try:
-        out: list[Any] = msgpack.unpackb(head + b"".join(bodies), raw=False, strict_map_key=False)
-    except Exception:
-        return None
-    return out
-
-
-def _row_dict(d: dict[Any, Any]) -> dict[str, Any]:
-    """``RunState._row``'s normalisation: flatten nested dicts, keys as str."""
-    row = flatten(d) if any(isinstance(v, dict) for v in d.values()) else d
-    if not all(type(k) is str for k in row):
-        row = {str(k): v for k, v in row.items()}
-    return row
-
-
-def build_columns(steps: list[int], times: list[float], dicts: Sequence[dict[Any, Any]]) -> Columns:
-    """Per-key columns of rows (already in strictly increasing step order).
-
-    Rows with the same keys in the same order (nearly all of them, in training loops) are
-    transposed with one ``zip(*...)`` per group, in C; only groups holding nested dicts or
-    non-str keys go row by row.
-    """
-    n = len(dicts)
-    sigs = list(map(tuple, dicts))
-    groups: dict[tuple[Any, ...], list[int] | None]
-    if n and sigs.count(sigs[0]) == n:
-        groups = {sigs[0]: None}  # None: every row
-    else:
-        groups = {}
-        for i, sig in enumerate(sigs):
-            g = groups.get(sig)
-            if g is None:
-                groups[sig] = [i]
-            else:
-                g.append(i)
-    # key -> pieces of (row indexes or None for all, values); key -> (first row, place in row)
-    pieces: dict[str, list[tuple[list[int] | None, Sequence[Any]]]] = {}
-    seen: dict[str, tuple[int, int]] = {}
-    for sig, idx in groups.items():
-        rows = dicts if idx is None else [dicts[i] for i in idx]
-        cols = list(zip(*map(dict.values, rows), strict=True)) if sig else []
-        simple = all(type(k) is str for k in sig) and not any(dict in set(map(type, c)) for c in cols)
-        if simple:
-            first_row = 0 if idx is None else idx[0]
-            for pos, (k, c) in enumerate(zip(sig, cols, strict=True)):
-                if k in RESERVED:
-                    continue
-                pieces.setdefault(k, []).append((idx, c))
-                if k not in seen or seen[k][0] > first_row:
-                    seen[k] = (first_row, pos)
-            continue
-        per_key: dict[str, tuple[list[int], list[Any]]] = {}
-        for j, d in enumerate(rows):
-            i = j if idx is None else idx[j]
-            for pos, (k, v) in enumerate(_row_dict(d).items()):
-                if k in RESERVED:
-                    continue
-                ix, vs = per_key.setdefault(k, ([], []))
-                ix.append(i)
-                vs.append(v)
-                if k not in seen or seen[k][0] > i:
-                    seen[k] = (i, pos)
-        for k, (ix, vs) in per_key.items():
-            pieces.setdefault(k, []).append((ix, vs))
-
-    order = sorted(seen, key=seen.__getitem__)
-    first_keys = sum(1 for k in order if seen[k][0] == 0)
-    order.insert(first_keys, "_timestamp")
-    out = Columns(steps, times, {}, [], {}, order)
-    for k, ps in pieces.items():
-        idx_all: list[int] | None
-        if len(ps) == 1:
-            idx_all, vals = ps[0][0], list(ps[0][1])
-        else:  # the key is in several groups: merge them back into row order
-            where = chain.from_iterable(range(n) if i is None else i for i, _ in ps)
-            merged = sorted(zip(where, chain.from_iterable(v for _, v in ps), strict=True), key=itemgetter(0))
-            idx_all, vals = [i for i, _ in merged], [v for _, v in merged]
-        out.last[k] = vals[-1]
-        ks = steps if idx_all is None else list(map(steps.__getitem__, idx_all))
-        kt = times if idx_all is None else list(map(times.__getitem__, idx_all))
-        vtype = value_type(vals)
-        if vtype is not None:
-            out.numeric[k] = Column(ks, kt, vals, vtype)
-            continue
-        num_s: list[int] = []
-        num_t: list[float] = []
-        num_v: list[Any] = []
-        for s, t, v in zip(ks, kt, vals, strict=True):
-            if type(v) in NUMERIC and (type(v) is not int or I64_MIN <= v <= I64_MAX):
-                num_s.append(s)
-                num_t.append(t)
-                num_v.append(v)
-            else:
-                out.other.append((k, s, t, v))
-        if num_v:
-            vt = value_type(num_v)
-            assert vt is not None
-            out.numeric[k] = Column(num_s, num_t, num_v, vt)
-    return out
-
-
-def rows_to_columns(
-    records: Sequence[rec.Record], last_step: int
-) -> tuple[Columns | None, list[rec.Record], int]:
-    """ROW records into (columns or None when no row is kept, malformed records, regressions).
-
-    Steps are the row key, so a row whose step is not above every step stored before it is not
-    kept: it is counted in ``regressions``.  A record whose body is not a msgpack map is
-    returned in ``malformed`` for the backend to keep raw.
-    """
-    steps = list(map(attrgetter("step"), records))
-    if (
-        steps
-        and steps[0] > last_step
-        and (steps == list(range(steps[0], steps[0] + len(steps))) or all(map(lt, steps, steps[1:])))
-    ):
-        kept: Sequence[rec.Record] = records
-    else:
-        kept, top = [], last_step
-        for r in records:
-            if r.step > top:
-                kept.append(r)
-                top = r.step
-        steps = list(map(attrgetter("step"), kept))
-    regressions = len(records) - len(kept)
-    if not kept:
-        return None, [], regressions
-    bodies = list(map(attrgetter("body"), kept))
-    times = list(map(attrgetter("time"), kept))
-    cols = uniform_columns(bodies, steps, times)
-    if cols is not None:
-        return cols, [], regressions
-    dicts = unpack_bodies(bodies)
-    malformed: list[rec.Record] = []
-    if dicts is None or set(map(type, dicts)) != {dict}:
-        good, dicts = [], []
-        for r in kept:
-            try:
-                d = r.value()
-            except Exception:
-                d = None
-            if isinstance(d, dict):
-                good.append(r)
-                dicts.append(d)
-            else:
-                malformed.append(r)
-        if not good:
-            return None, malformed, regressions
-        steps, times = list(map(attrgetter("step"), good)), list(map(attrgetter("time"), good))
-    return build_columns(steps, times, dicts), malformed, regressions
-
-
-# --- the uniform fast path ---------------------------------------------------------------------
-# Training loops log the same keys with the same value types every step, so a batch's bodies are
-# often byte-for-byte the same except inside the values.  Then msgpack need not run per row: the
-# first body is parsed as a template, every body is checked against it with the value bytes
-# masked out (one comparison in C), and each column's bytes are cut out of the joined bodies with
-# strided slices.  Anything the template does not describe exactly goes the general way.
-_FIXED = {0xCB: ("d", 8), 0xD0: ("b", 1), 0xD1: ("h", 2), 0xD2: ("i", 4), 0xD3: ("q", 8)}
-_FIXED |= {0xCC: ("B", 1), 0xCD: ("H", 2), 0xCE: ("I", 4), 0xCF: ("Q", 8)}
-_FIXED = {k: v for k, v in _FIXED.items() if array(v[0]).itemsize == v[1]}
-_FIXINT, _BOOL = "fixint", "bool"
-# 1 for bytes that are not a positive or negative fixint / not a bool.
-_NOT_FIXINT = bytes(0 if b < 0x80 or b >= 0xE0 else 1 for b in range(256))
-_NOT_BOOL = bytes(0 if b in (0xC2, 0xC3) else 1 for b in range(256))
-_BOOL_VALUE = bytes(1 if b == 0xC3 else 0 for b in range(256))
-
-
-def _template(body: bytes) -> list[tuple[str, int, str, int]] | None:
-    """(key, offset of the value bytes, kind, size) per entry of a flat map body, or None."""
-    b, n = body, len(body)
-    if n and 0x80 <= b[0] <= 0x8F:
-        count, pos = b[0] & 0x0F, 1
-    elif n > 2 and b[0] == 0xDE:
-        count, pos = int.from_bytes(b[1:3], "big"), 3
-    else:
-        return None
-    out = []
-    try:
-        for _ in range(count):
-            h = b[pos]
-            if 0xA0 <= h <= 0xBF:
-                size, pos = h & 0x1F, pos + 1
-            elif h == 0xD9:
-                size, pos = b[pos + 1], pos + 2
-            else:
-                return None
-            key = b[pos : pos + size].decode()
-            pos += size
-            h = b[pos]
-            if h in _FIXED:
-                code, size = _FIXED[h]
-                out.append((key, pos + 1, code, size))
-                pos += 1 + size
-            elif h < 0x80 or h >= 0xE0:
-                out.append((key, pos, _FIXINT, 1))
-                pos += 1
-            elif h in (0xC2, 0xC3):
-                out.append((key, pos, _BOOL, 1))
-                pos += 1
-            else:
-                return None
-    except (IndexError, UnicodeDecodeError):
-        return None
-    if pos != n or len({k for k, *_ in out}) != count:
-        return None
-    return out
-
-
-def _uniform(bodies: Sequence[bytes]) -> list[tuple[str, Sequence[Any], int]] | None:
-    """(key, values, vtype) per key of bodies that all share the first one's layout, or None."""
-    n, width = len(bodies), len(bodies[0])
-    tmpl = _template(bodies[0])
-    if tmpl is None:
-        return None
-    joined = bytearray().join(bodies)
-    # Every value's bytes, cut out before they are masked: planes[k] holds byte k of each.
-    planes = {off: [joined[k::width] for k in range(off, off + size)] for _, off, _, size in tmpl}
-    mask = bytearray(bodies[0])
-    zeros = bytes(n)
-    for _, off, _, size in tmpl:
-        for k in range(off, off + size):
-            joined[k::width] = zeros
-            mask[k] = 0
-    # n non-overlapping copies of a width-byte pattern in n * width bytes tile them exactly.
-    if joined.count(mask) != n:
-        return None
-    out: list[tuple[str, Sequence[Any], int]] = []
-    for key, off, code, size in tmpl:
-        values: Any
-        if code == _FIXINT:
-            raw = planes[off][0]
-            if 1 in raw.translate(_NOT_FIXINT):
-                return None
-            values, vtype = array("q", array("b", raw)), VT_I64
-        elif code == _BOOL:
-            raw = planes[off][0]
-            if 1 in raw.translate(_NOT_BOOL):
-                return None
-            values, vtype = list(map(bool, raw.translate(_BOOL_VALUE))), VT_BOOL
-        else:
-            buf = bytearray(size * n)
-            for k, plane in enumerate(planes[off]):
-                buf[k::size] = plane
-            a = array(code, buf)
-            if size > 1 and sys.byteorder == "little":
-                a.byteswap()  # msgpack is big-endian
-            if code == "d":
-                values, vtype = a, VT_F64
-            else:
-                if code == "Q" and max(a) > I64_MAX:
-                    return None
-                values, vtype = array("q", a), VT_I64
-        out.append((key, values, vtype))
-    return out
-
-
-MAX_LAYOUTS = 16  # more distinct body lengths than this in a batch: the general path
-
-
-def uniform_columns(bodies: Sequence[bytes], steps: list[int], times: list[float]) -> Columns | None:
-    """Columns of bodies by the fast path, or None (use the general path).
-
-    Bodies are grouped by length (a training loop's rows, and its every-N-steps eval rows, each
-    have one layout); each group must share its first body's layout.  A key found in several
-    groups is merged back into row order with one permutation per set of groups, in C.
-    """
-    n = len(bodies)
-    lens = list(map(len, bodies))
-    groups: list[list[int] | None]
-    if lens.count(lens[0]) == n:
-        groups = [None]  # None: every row
-    else:
-        by_len: dict[int, list[int]] = {}
-        for i, length in enumerate(lens):
-            by_len.setdefault(length, []).append(i)
-        if len(by_len) > MAX_LAYOUTS:
-            return None
-        groups = list(by_len.values())
-    # key -> [(group number, values, vtype)]; key -> (first row, place in its row)
-    found: dict[str, list[tuple[int, Sequence[Any], int]]] = {}
-    seen: dict[str, tuple[int, int]] = {}
-    for g, idx in enumerate(groups):
-        cols = _uniform(bodies if idx is None else [bodies[i] for i in idx])
-        if cols is None:
-            return None
-        first_row = 0 if idx is None else idx[0]
-        for pos, (key, values, vtype) in enumerate(cols):
-            if key not in RESERVED:
-                found.setdefault(key, []).append((g, values, vtype))
-                if key not in seen or seen[key][0] > first_row:
-                    seen[key] = (first_row, pos)
-    order = sorted(seen, key=seen.__getitem__)
-    out = Columns(steps, times, {}, [], {}, order)
-    out.order.insert(sum(1 for k in order if seen[k][0] == 0), "_timestamp")
-    perms: dict[tuple[int, ...], tuple[list[int], list[int]]] = {}
-    for key, parts in found.items():
-        if len(parts) == 1:
-            g, values, vtype = parts[0]
-            idx = groups[g]
-            ks = steps if idx is None else list(map(steps.__getitem__, idx))
-            kt = times if idx is None else list(map(times.__getitem__, idx))
-        else:
-            gs = tuple(g for g, _, _ in parts)
-            if gs not in perms:  # rows of these groups in row order: a permutation of their concatenation
-                rows = [i for g in gs for i in groups[g]]  # type: ignore[union-attr]
-                perm = sorted(range(len(rows)), key=rows.__getitem__)
-                perms[gs] = (list(map(rows.__getitem__, perm)), perm)
-            rows_in_order, perm = perms[gs]
-            joined = list(chain.from_iterable(v for _, v, _ in parts))
-            values = list(map(joined.__getitem__, perm))
-            vtypes = {vt for _, _, vt in parts}
-            vtype = vtypes.pop() if len(vtypes) == 1 else VT_MIXED
-            ks, kt = list(map(steps.__getitem__, rows_in_order)), list(map(times.__getitem__, rows_in_order))
-        out.numeric[key] = Column(ks, kt, values, vtype)
-        out.last[key] = values[-1]
-    return out
