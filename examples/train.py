@@ -3,23 +3,26 @@
 
 import math
 import random
+import sys
 
 import runstream
+
+LR = float(sys.argv[1]) if len(sys.argv) > 1 else 1e-3  # `make demo` trains a few learning rates
 
 EPOCHS, STEPS_PER_EPOCH = 5, 20_000
 
 with runstream.init(
     project="demo",
-    config={"lr": 1e-3, "arch": "cnn", "epochs": EPOCHS, "batch_size": 128},
+    config={"lr": LR, "arch": "cnn", "epochs": EPOCHS, "batch_size": 128},
     tags=["baseline"],
 ) as run:
     best = 0.0
     for epoch in range(EPOCHS):
         for i in range(STEPS_PER_EPOCH):
             t = epoch * STEPS_PER_EPOCH + i
-            loss = 2.0 * math.exp(-t / 30_000) + random.random() * 0.05
+            loss = 2.0 * math.exp(-t * LR / 30) + random.random() * 0.05
             run.log({"train": {"loss": loss, "lr": run.config.lr}, "epoch": epoch})
-        acc = 1 - math.exp(-(epoch + 1) / 2) + random.random() * 0.01
+        acc = min(1.0, 1 - math.exp(-(epoch + 1) * LR * 500) + random.random() * 0.01)
         best = max(best, acc)
         run.log({"val": {"acc": acc}}, commit=False)
     run.summary["best_acc"] = best

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import Api, ApiError, NotFoundError, UnauthorizedError
+from .api import (
+    Api,
+    ApiError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthorizedError,
+)
 from .errors import ConfigError, Error, RecordTooLargeError, SettingsError, UsageError
 from .login import login
 from .reader import RunData, read_run
@@ -58,8 +66,11 @@ __all__ = [
     "Api",
     "ApiError",
     "ConfigError",
+    "ConflictError",
     "Error",
+    "InvalidRequestError",
     "NotFoundError",
+    "PermissionDeniedError",
     "RecordTooLargeError",
     "RunData",
     "SettingsError",

@@ -1,12 +1,19 @@
-"""``runstream.Api``: read runs back from a server (W&B's ``wandb.Api`` shape).
+"""``runstream.Api``: read runs back from a server (W&B's ``wandb.Api`` shape; docs/http-api.md).
 
     api = runstream.Api()                      # RUNSTREAM_HOST / `runstream login`
-    run = api.run("entity/project/run_id")
+    api.projects("acme")
+    for run in api.runs("acme/mnist", filters={"config.lr": {"$lt": 0.01}}, order="-summary.acc"):
+        ...
+    run = api.run("acme/mnist/run_id")
     run.config, run.summary, run.state
+    run.history(keys=["loss"], samples=500)    # downsampled on the server: a DataFrame
     for row in run.scan_history(keys=["loss"]):  # every row, in step order, fetched in pages
         ...
+    run.tags.append("best"); run.update()
+    run.delete()
 
-Concurrency contract: an ``Api`` holds no connection; it may be shared between threads.
+Concurrency contract: an ``Api`` holds no connection; it may be shared between threads.  The
+``Run`` and ``Runs`` objects it returns belong to the thread that uses them.
 """
 
 from __future__ import annotations
@@ -16,24 +23,47 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import Error, UsageError
 
+if TYPE_CHECKING:
+    from .api_runs import ApiRun, Runs
+
 
 class ApiError(Error):
-    """The server answered with an error (the message says which)."""
+    """The server answered with an error (the message says which), or could not be reached."""
+
+    status: int | None = None
 
 
 class NotFoundError(ApiError):
-    pass
+    """No such run (or path)."""
 
 
 class UnauthorizedError(ApiError):
-    """No key, a bad key, or a key of another entity."""
+    """No key, a bad key, or a key of another entity (``PermissionDeniedError``)."""
 
 
+class PermissionDeniedError(UnauthorizedError):
+    """A valid key of another entity, or a browser request without its CSRF token."""
+
+
+class InvalidRequestError(ApiError):
+    """The server refused the request's arguments: a bad filter, order, key or edit."""
+
+
+class ConflictError(ApiError):
+    """The run's state forbids it: a running run cannot be deleted."""
+
+
+_ERRORS: dict[int, type[ApiError]] = {
+    400: InvalidRequestError,
+    401: UnauthorizedError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+}
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -61,10 +91,13 @@ class Api:
         self.api_key = api_key or creds.api_key
         self.timeout = timeout
 
-    def _get(self, path: str, **query: Any) -> Any:
+    def _request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         q = {k: v for k, v in query.items() if v is not None}
         url = f"{self.host}{path}" + (f"?{urllib.parse.urlencode(q)}" if q else "")
-        req = urllib.request.Request(url)
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            req.add_header("content-type", "application/json")
         if self.api_key:
             req.add_header("authorization", f"Bearer {self.api_key}")
         try:
@@ -75,10 +108,14 @@ class Api:
                 message = json.loads(e.read()).get("message", e.reason)
             except ValueError:
                 message = e.reason
-            cls = {404: NotFoundError, 401: UnauthorizedError, 403: UnauthorizedError}.get(e.code, ApiError)
-            raise cls(f"{message} (HTTP {e.code} from {url})") from None
+            err = _ERRORS.get(e.code, ApiError)(f"{message} (HTTP {e.code} from {method} {url})")
+            err.status = e.code
+            raise err from None
         except OSError as e:
             raise ApiError(f"the server at {self.host} could not be reached: {e}") from None
+
+    def _get(self, path: str, **query: Any) -> Any:
+        return self._request("GET", path, **query)
 
     @staticmethod
     def _split(path: str, parts: int) -> list[str]:
@@ -89,60 +126,31 @@ class Api:
         return bits
 
     def run(self, path: str) -> ApiRun:
+        """One run, by ``entity/project/run_id``."""
+        from .api_runs import ApiRun
+
         entity, project, run_id = self._split(path, 3)
         return ApiRun(self, self._get(f"/api/v1/runs/{entity}/{project}/{run_id}"))
 
-    def runs(self, path: str, per_page: int = 100) -> Iterator[ApiRun]:
+    def runs(
+        self,
+        path: str,
+        filters: dict[str, Any] | None = None,
+        order: str = "-created_at",
+        per_page: int = 50,
+        search: str | None = None,
+    ) -> Runs:
+        """The project's runs matching ``filters`` (docs/http-api.md, "Filters"), sorted by
+        ``order`` (``"-summary.acc"``, ``"+created_at"``, several comma-separated), fetched
+        ``per_page`` at a time as they are iterated.  ``len()`` is the number that match."""
+        from .api_runs import Runs
+
         entity, project = self._split(path, 2)
-        offset = 0
-        while True:
-            page = self._get(f"/api/v1/runs/{entity}/{project}", limit=per_page, offset=offset)["runs"]
-            yield from (ApiRun(self, r) for r in page)
-            if len(page) < per_page:
-                return
-            offset += per_page
+        if filters is not None and not isinstance(filters, dict):
+            raise UsageError(f"filters must be a dict such as {{'state': 'finished'}}, not {filters!r}")
+        if not 1 <= per_page <= 10_000:
+            raise UsageError(f"per_page must be in [1, 10000], not {per_page}")
+        return Runs(self, entity, project, filters, order, per_page, search)
 
     def projects(self, entity: str) -> list[str]:
         return list(self._get(f"/api/v1/projects/{entity}")["projects"])
-
-
-class ApiRun:
-    def __init__(self, api: Api, data: dict[str, Any]) -> None:
-        self._api = api
-        self._data = data
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._data[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __repr__(self) -> str:
-        return f"<runstream.ApiRun {self._data['path']} ({self._data['state']})>"
-
-    def refresh(self) -> ApiRun:
-        self._data = self._api.run(self._data["path"])._data
-        return self
-
-    def scan_history(
-        self,
-        keys: Sequence[str] | None = None,
-        min_step: int | None = None,
-        max_step: int | None = None,
-        page_size: int = 1000,
-    ) -> Iterator[dict[str, Any]]:
-        """Every row (or its ``keys``), in step order, fetched ``page_size`` rows at a time."""
-        base = f"/api/v1/runs/{self._data['path']}/history"
-        step = min_step
-        while True:
-            page = self._api._get(
-                base,
-                keys=",".join(keys) if keys else None,
-                min_step=step,
-                max_step=max_step,
-                page_size=page_size,
-            )
-            yield from page["rows"]
-            if "next_min_step" not in page:
-                return
-            step = page["next_min_step"]

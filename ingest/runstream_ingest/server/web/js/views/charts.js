@@ -1,0 +1,156 @@
+// The charts of one run or of several overlaid (compare): a panel per metric, sectioned by key
+// prefix (train/loss and train/acc under "train"), with the settings every panel shares in the URL:
+// ?x=_step|_runtime|_timestamp&logy=1&smooth=0.6&zoom=lo,hi.
+//
+// Each section fetches its keys' buckets when it is first opened (one request for all its keys
+// and runs); zooming refetches buckets for the zoomed range, so detail appears instead of
+// stretched buckets.
+
+import { api } from "../api.js";
+import { h } from "../dom.js";
+import { Panel } from "../chart.js";
+import * as url from "../url.js";
+
+const X_AXES = [
+  ["_step", "step"],
+  ["_runtime", "relative time (s)"],
+  ["_timestamp", "wall time"],
+];
+const OPEN_ALL_BELOW = 40; // with more keys than this only the first section starts open
+
+export function sectionsOf(keys) {
+  const out = new Map();
+  for (const k of keys) {
+    const i = k.indexOf("/");
+    const name = i > 0 ? k.slice(0, i) : "charts";
+    if (!out.has(name)) out.set(name, []);
+    out.get(name).push(k);
+  }
+  return out;
+}
+
+function buckets() {
+  return Math.max(200, Math.min(1000, Math.round(window.innerWidth / 2)));
+}
+
+/** runs: [{id, label, color}]; keys: metric keys in display order.  Returns {el, refresh(ids), destroy()}. */
+export function chartsView(entity, project, runs, keys) {
+  const p = url.params();
+  const st = {
+    x: X_AXES.some(([v]) => v === p.x) ? p.x : "_step",
+    logY: p.logy === "1",
+    smooth: Math.min(0.999, Math.max(0, Number(p.smooth) || 0)),
+    zoom: p.zoom ? p.zoom.split(",").map(Number) : null,
+  };
+  if (st.zoom && (st.zoom.length !== 2 || !st.zoom.every(Number.isFinite))) st.zoom = null;
+  const sections = [];
+  const panels = () => sections.flatMap((s) => s.panels);
+
+  const xSel = h("select", { dataset: { testid: "x-axis" }, "aria-label": "x axis" }, X_AXES.map(([v, t]) => h("option", { value: v, selected: v === st.x }, t)));
+  xSel.addEventListener("change", () => ((st.x = xSel.value), (st.zoom = null), save(), rebuild()));
+  const logBox = h("input", { type: "checkbox", checked: st.logY, dataset: { testid: "log-y" } });
+  logBox.addEventListener("change", () => ((st.logY = logBox.checked), save(), rebuild()));
+  const smoothVal = h("span", { class: "mono", dataset: { testid: "smooth-value" } }, st.smooth.toFixed(3));
+  const slider = h("input", { type: "range", min: "0", max: "0.999", step: "0.001", value: String(st.smooth), dataset: { testid: "smoothing" }, "aria-label": "smoothing" });
+  slider.addEventListener("input", () => {
+    st.smooth = Number(slider.value);
+    smoothVal.textContent = st.smooth.toFixed(3);
+    for (const pn of panels()) pn.setSmoothing(st.smooth);
+    save();
+  });
+  const resetZoom = h("button", { type: "button", dataset: { testid: "reset-zoom" }, onclick: () => zoomTo(null) }, "Reset zoom");
+  const legend = h("div", { class: "legend", dataset: { testid: "legend" } });
+  const body = h("div", { class: "sections" });
+  const el = h(
+    "div",
+    { class: "charts" },
+    h(
+      "div",
+      { class: "toolbar", style: { marginBottom: "8px" } },
+      h("label", {}, "x axis", xSel),
+      h("label", {}, logBox, "log y"),
+      h("label", {}, "smoothing", slider, smoothVal),
+      resetZoom,
+      h("span", { class: "muted" }, "drag across a chart to zoom, double-click to zoom out"),
+    ),
+    runs.length > 1 ? legend : null,
+    body,
+  );
+
+  function save() {
+    url.set({ x: st.x === "_step" ? null : st.x, logy: st.logY, smooth: st.smooth ? st.smooth : null, zoom: st.zoom ? st.zoom.join(",") : null });
+    resetZoom.hidden = !st.zoom;
+  }
+
+  function zoomTo(range) {
+    if (range && st.x === "_step") range = [Math.floor(range[0]), Math.ceil(range[1])];
+    st.zoom = range;
+    save();
+    for (const s of sections) {
+      for (const pn of s.panels) pn.opts.xRange = range;
+      if (s.loaded) load(s);
+    }
+  }
+
+  async function load(s) {
+    s.loaded = true;
+    const opts = { keys: s.keys, buckets: buckets(), xAxis: st.x, min: st.zoom?.[0], max: st.zoom?.[1] };
+    const gen = (s.gen = (s.gen || 0) + 1);
+    let data;
+    try {
+      data = runs.length === 1 ? { [runs[0].id]: await api.series(entity, project, runs[0].id, opts) } : await api.multiSeries(entity, project, runs.map((r) => r.id), opts);
+    } catch (e) {
+      s.status.textContent = `could not load: ${e.message}`;
+      s.status.className = "error";
+      return;
+    }
+    if (gen !== s.gen) return; // a newer request (zoom, live update) answered first
+    s.status.textContent = "";
+    for (const pn of s.panels) pn.setRuns(runs.map((r) => ({ ...r, s: data[r.id]?.[pn.opts.key] })));
+  }
+
+  function rebuild() {
+    for (const pn of panels()) pn.destroy();
+    sections.length = 0;
+    body.replaceChildren();
+    if (!keys.length) {
+      body.append(h("p", { class: "muted" }, "No metrics logged yet."));
+      return;
+    }
+    const all = sectionsOf(keys);
+    let first = true;
+    for (const [name, ks] of all) {
+      const s = { name, keys: ks, loaded: false, status: h("span", { class: "muted" }) };
+      s.panels = ks.map((k) => new Panel({ key: k, xAxis: st.x, logY: st.logY, smoothing: st.smooth, xRange: st.zoom, onZoom: zoomTo }));
+      const open = first || keys.length <= OPEN_ALL_BELOW;
+      const det = h(
+        "details",
+        { class: "section", open, dataset: { testid: "section", section: name } },
+        h("summary", {}, `${name} `, h("span", { class: "muted" }, `(${ks.length})`), " ", s.status),
+        h("div", { class: "grid" }, s.panels.map((pn) => pn.el)),
+      );
+      det.addEventListener("toggle", () => det.open && !s.loaded && load(s));
+      s.details = det;
+      sections.push(s);
+      body.append(det);
+      if (open) load(s);
+      first = false;
+    }
+  }
+
+  legend.replaceChildren(...runs.map((r) => h("span", {}, h("span", { class: "swatch", style: { background: r.color } }), r.label)));
+  save();
+  rebuild();
+  return {
+    el,
+    /** New data arrived for these runs (null: any): refetch what is shown, unless zoomed in. */
+    refresh(ids) {
+      if (st.zoom) return;
+      if (ids && !runs.some((r) => ids.has(r.id))) return;
+      for (const s of sections) if (s.loaded && s.details.open) load(s);
+    },
+    destroy() {
+      for (const pn of panels()) pn.destroy();
+    },
+  };
+}

@@ -1,0 +1,166 @@
+// The run page: #/r/E/P/RUN?tab=overview|charts|system|console|files (+ the charts' settings).
+// While the run is running, its header, overview and charts follow its data (live.js).
+
+import { api } from "../api.js";
+import { color, flatten, fmtDuration, fmtTime, fmtValue, h, runtime } from "../dom.js";
+import { watch } from "../live.js";
+import * as url from "../url.js";
+import { chartsView } from "./charts.js";
+import { consoleTab, filesTab, systemTab } from "./runtabs.js";
+
+const TABS = [
+  ["overview", "Overview"],
+  ["charts", "Charts"],
+  ["system", "System"],
+  ["console", "Console"],
+  ["files", "Files"],
+];
+
+export function mount(root, route) {
+  const [, entity, project, id] = route.parts;
+  const tab = TABS.some(([t]) => t === route.params.get("tab")) ? route.params.get("tab") : "overview";
+  const head = h("div", { class: "toolbar" });
+  const content = h("div", { class: "run-content" }, h("p", { class: "muted" }, "Loading…"));
+  const tabs = h(
+    "nav",
+    { class: "tabs" },
+    TABS.map(([t, label]) => h("a", { href: url.link(["r", entity, project, id], { tab: t }), class: t === tab ? "active" : "", dataset: { testid: `tab-${t}` } }, label)),
+  );
+  root.append(h("div", { class: "page" }, head, tabs, content));
+  let child = null;
+  let stop = null;
+  let run = null;
+
+  const drawHead = () =>
+    head.replaceChildren(
+      h("h1", { dataset: { testid: "run-name" } }, run.name || run.id),
+      h("span", { class: `state ${run.state}`, dataset: { testid: "run-state" } }, run.state),
+      h("span", { class: "muted mono" }, run.id),
+    );
+
+  async function start() {
+    try {
+      run = await api.run(entity, project, id);
+    } catch (e) {
+      content.replaceChildren(h("p", { class: e.status === 404 ? "muted" : "error" }, e.message));
+      return;
+    }
+    drawHead();
+    if (tab === "overview") child = overview(entity, project, run, (r) => ((run = r), drawHead()));
+    else if (tab === "charts") child = chartsView(entity, project, [{ id, label: run.name || id, color: color(0) }], await chartKeys(entity, project, run));
+    else if (tab === "system") child = systemTab(entity, project, run);
+    else if (tab === "console") child = consoleTab(entity, project, run);
+    else child = filesTab(entity, project, run);
+    content.replaceChildren(child.el);
+    stop = watch(entity, project, [id], async (changed) => {
+      if (changed ? !changed.has(id) : run.state !== "running") return;
+      const next = changed ? changed.get(id) : await api.run(entity, project, id).catch(() => run);
+      if (!next) {
+        content.replaceChildren(h("p", { class: "muted" }, "This run was deleted."));
+        return;
+      }
+      run = next;
+      drawHead();
+      if (child.refresh) child.refresh(changed, run);
+    });
+  }
+  start();
+  return {
+    destroy() {
+      if (stop) stop();
+      if (child && child.destroy) child.destroy();
+    },
+  };
+}
+
+/** The run's chartable keys: its history keys in logged order (else its numeric summary keys). */
+export async function chartKeys(entity, project, run) {
+  const k = await api.runKeys(entity, project, run.id).catch(() => null);
+  const keys = k ?? Object.keys(run.summary || {}).filter((key) => typeof run.summary[key] === "number");
+  return keys.filter((key) => !key.startsWith("_"));
+}
+
+function kvTable(obj, testid) {
+  const rows = flatten(obj).map(([k, v]) => h("tr", {}, h("td", { class: "mono" }, k), h("td", { class: "mono" }, fmtValue(v))));
+  return rows.length ? h("table", { class: "kv", dataset: { testid } }, h("tbody", {}, rows)) : h("p", { class: "muted" }, "none");
+}
+
+function overview(entity, project, run, onSaved) {
+  const el = h("div", { class: "two-col" });
+  const msg = h("span", { class: "muted" });
+  const save = async (changes) => {
+    msg.textContent = "saving…";
+    msg.className = "muted";
+    try {
+      const r = await api.patchRun(entity, project, run.id, changes);
+      run = r;
+      onSaved(r);
+      msg.textContent = "saved";
+      draw();
+    } catch (e) {
+      msg.textContent = e.message;
+      msg.className = "error";
+    }
+  };
+  function draw() {
+    const meta = run.meta || {};
+    const git = meta.git ? [meta.git.commit, meta.git.remote, meta.git.dirty ? "(dirty)" : ""].filter(Boolean).join(" ") : "—";
+    const command = [run.program, ...(meta.args || [])].filter(Boolean).join(" ") || "—";
+    const info = [
+      ["state", h("span", { class: `state ${run.state}` }, run.state + (run.exit_code != null ? ` (exit ${run.exit_code})` : ""))],
+      ["created", fmtTime(run.created_at)],
+      ["finished", run.finished_at ? fmtTime(run.finished_at) : "—"],
+      ["runtime", fmtDuration(runtime(run))],
+      ["last heartbeat", fmtTime(run.heartbeat_at)],
+      ["host", run.host || "—"],
+      ["command", h("span", { class: "mono" }, command)],
+      ["python", meta.python || "—"],
+      ["git", h("span", { class: "mono" }, git)],
+      ["group", run.group || "—"],
+      ["job type", run.job_type || "—"],
+      ["history", `${(run.rows ?? 0).toLocaleString("en-US")} rows, last step ${run.last_step}`],
+    ];
+    const name = h("input", { value: run.name || "", dataset: { testid: "edit-name" }, "aria-label": "name" });
+    const notes = h("textarea", { class: "notes", dataset: { testid: "edit-notes" }, "aria-label": "notes" });
+    notes.value = run.notes || "";
+    const tagInput = h("input", { placeholder: "add a tag, Enter", dataset: { testid: "add-tag" }, "aria-label": "add a tag" });
+    tagInput.addEventListener("keydown", (ev) => {
+      const t = tagInput.value.trim();
+      if (ev.key === "Enter" && t && !(run.tags || []).includes(t)) save({ tags: [...(run.tags || []), t] });
+    });
+    const tags = (run.tags || []).map((t) =>
+      h("span", { class: "chip", dataset: { testid: "tag" } }, t, h("button", { type: "button", title: `remove ${t}`, onclick: () => save({ tags: run.tags.filter((x) => x !== t) }) }, "×")),
+    );
+    el.replaceChildren(
+      h(
+        "div",
+        { style: { display: "flex", flexDirection: "column", gap: "12px" } },
+        h("div", { class: "card pad" }, h("h2", {}, "Run"), h("table", { class: "kv" }, h("tbody", {}, info.map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", {}, v)))))),
+        h(
+          "div",
+          { class: "card pad" },
+          h("h2", {}, "Name, tags and notes"),
+          h("div", { class: "toolbar" }, name),
+          h("div", { style: { margin: "8px 0" } }, tags, tagInput),
+          notes,
+          h("div", { class: "toolbar" }, h("button", { type: "button", class: "primary", dataset: { testid: "save-run" }, onclick: () => save({ name: name.value.trim() || null, notes: notes.value }) }, "Save"), msg),
+        ),
+      ),
+      h(
+        "div",
+        { style: { display: "flex", flexDirection: "column", gap: "12px" } },
+        h("div", { class: "card pad" }, h("h2", {}, "Config"), kvTable(run.config, "config")),
+        h("div", { class: "card pad" }, h("h2", {}, "Summary"), kvTable(run.summary, "summary")),
+      ),
+    );
+  }
+  draw();
+  return {
+    el,
+    refresh(_changed, r) {
+      const editing = el.contains(document.activeElement) && ["INPUT", "TEXTAREA"].includes(document.activeElement.tagName);
+      run = r;
+      if (!editing) draw(); // never throw away what the user is typing
+    },
+  };
+}

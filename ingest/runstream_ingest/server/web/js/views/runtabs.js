@@ -1,0 +1,133 @@
+// The run page's system-metrics, console and files tabs.  Each renders what the API returns and
+// says so plainly when the run has recorded nothing of the kind yet.
+
+import { api } from "../api.js";
+import { color, fmtNum, fmtTime, h } from "../dom.js";
+import { Panel } from "../chart.js";
+import { sectionsOf } from "./charts.js";
+
+const LINE_H = 18;
+const MAX_LINES = 200_000; // a console longer than this shows its first lines and says so
+
+function none(what, err) {
+  if (err && err.status !== 404) return h("p", { class: "error" }, err.message);
+  return h("p", { class: "muted", dataset: { testid: "no-data" } }, `No ${what} recorded for this run yet.`);
+}
+
+// --- system metrics: every system/... key over wall time, exact samples -------------------------
+export function systemTab(entity, project, run) {
+  const el = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  let panels = [];
+  const load = async () => {
+    let rows;
+    try {
+      rows = await api.system(entity, project, run.id);
+    } catch (e) {
+      el.replaceChildren(none("system metrics", e));
+      return;
+    }
+    const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))].filter((k) => !k.startsWith("_"));
+    if (!keys.length) {
+      el.replaceChildren(none("system metrics"));
+      return;
+    }
+    panels.forEach((p) => p.destroy());
+    panels = keys.map((k) => new Panel({ key: k, xAxis: "_timestamp", logY: false, smoothing: 0, xRange: null }));
+    const byKey = new Map(panels.map((p) => [p.opts.key, p]));
+    const sections = [...sectionsOf(keys)].map(([name, ks]) =>
+      h("details", { class: "section", open: true }, h("summary", {}, name), h("div", { class: "grid" }, ks.map((k) => byKey.get(k).el))),
+    );
+    el.replaceChildren(h("div", { class: "sections" }, sections));
+    for (const p of panels) {
+      const pts = rows.filter((r) => typeof r[p.opts.key] === "number");
+      const x = pts.map((r) => r._timestamp);
+      const y = pts.map((r) => r[p.opts.key]);
+      p.setRuns([{ id: run.id, label: run.name || run.id, color: color(0), s: { exact: true, x, x_last: x, min: y, max: y, mean: y, count: y.map(() => 1) } }]);
+    }
+  };
+  load();
+  return { el, refresh: load, destroy: () => panels.forEach((p) => p.destroy()) };
+}
+
+// --- console: a virtual list of lines with a search box --------------------------------------------
+export function consoleTab(entity, project, run) {
+  const lines = [];
+  let shown = lines;
+  let lastId = 0;
+  let truncated = false;
+  const search = h("input", { type: "search", placeholder: "Search the output", dataset: { testid: "console-search" }, "aria-label": "search the console" });
+  const count = h("span", { class: "muted", dataset: { testid: "console-count" } });
+  const inner = h("div", { style: { position: "relative" } });
+  const view = h("div", { class: "console card mono", dataset: { testid: "console" } }, inner);
+  const el = h("div", {}, h("div", { class: "toolbar", style: { marginBottom: "8px" } }, search, count), view);
+  let frame = null;
+  const draw = () => {
+    frame = null;
+    const q = search.value.toLowerCase();
+    const first = Math.max(0, Math.floor(view.scrollTop / LINE_H) - 20);
+    const last = Math.min(shown.length, first + Math.ceil(view.clientHeight / LINE_H) + 40);
+    inner.style.height = `${shown.length * LINE_H}px`;
+    const els = [];
+    for (let i = first; i < last; i++) {
+      const l = shown[i];
+      const text = l.line ?? "";
+      const at = q ? text.toLowerCase().indexOf(q) : -1;
+      const body = at < 0 ? [text] : [text.slice(0, at), h("mark", {}, text.slice(at, at + q.length)), text.slice(at + q.length)];
+      els.push(h("div", { class: `line ${l.stream || ""}`, style: { top: `${i * LINE_H}px` }, title: fmtTime(l.time) }, ...body));
+    }
+    inner.replaceChildren(...els);
+  };
+  const schedule = () => (frame = frame || requestAnimationFrame(draw));
+  const filter = () => {
+    const q = search.value.toLowerCase();
+    shown = q ? lines.filter((l) => (l.line ?? "").toLowerCase().includes(q)) : lines;
+    count.textContent = q ? `${fmtNum(shown.length)} of ${fmtNum(lines.length)} lines` : `${fmtNum(lines.length)} lines${truncated ? " (the first ones only)" : ""}`;
+    schedule();
+  };
+  search.addEventListener("input", filter);
+  view.addEventListener("scroll", schedule);
+  const more = async () => {
+    try {
+      for (;;) {
+        const page = await api.console(entity, project, run.id, lastId, 1000);
+        lines.push(...page);
+        if (page.length) lastId = page[page.length - 1].id;
+        if (lines.length >= MAX_LINES) truncated = true;
+        if (page.length < 1000 || truncated) break;
+      }
+    } catch (e) {
+      el.replaceChildren(none("console output", e));
+      return;
+    }
+    if (!lines.length) view.replaceChildren(none("console output"));
+    else if (!view.contains(inner)) view.replaceChildren(inner);
+    const atEnd = view.scrollTop + view.clientHeight >= inner.offsetHeight - LINE_H * 2;
+    filter();
+    if (atEnd && run.state === "running") view.scrollTop = inner.offsetHeight; // follow a live run
+  };
+  more();
+  return { el, refresh: () => !truncated && more() };
+}
+
+// --- files ----------------------------------------------------------------------------------
+export function filesTab(entity, project, run) {
+  const el = h("div", { class: "card" }, h("p", { class: "pad muted" }, "Loading…"));
+  const load = () =>
+    api.files(entity, project, run.id).then(
+      (files) => {
+        if (!files.length) return el.replaceChildren(h("div", { class: "pad" }, none("files")));
+        const size = (n) => (n == null ? "" : n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
+        el.replaceChildren(
+          h(
+            "table",
+            { class: "simple", dataset: { testid: "files" } },
+            h("thead", {}, h("tr", {}, ["path", "size", "policy", "saved", "sha256"].map((t) => h("th", {}, t)))),
+            h("tbody", {}, files.map((f) => h("tr", {}, h("td", { class: "mono" }, f.path), h("td", { class: "num" }, size(f.size)), h("td", {}, f.policy || ""), h("td", {}, fmtTime(f.time)), h("td", { class: "mono", title: f.sha256 || "" }, (f.sha256 || "").slice(0, 12))))),
+          ),
+        );
+      },
+      (e) => el.replaceChildren(h("div", { class: "pad" }, none("files", e))),
+    );
+  load();
+  return { el, refresh: load };
+}

@@ -1,0 +1,200 @@
+"""The runs-table query language: filters, sort orders and group keys, parsed and checked.
+
+A filter is a dict in MongoDB's style, as ``wandb.Api().runs(filters=...)`` takes (docs/http-api.md,
+"Filters")::
+
+    {"config.lr": {"$gt": 0.001}, "state": "finished",
+     "$or": [{"tags": "baseline"}, {"name": {"$regex": "^sweep-"}}]}
+
+``parse_filter`` turns it into a small tree (``Cond``, ``All``, ``Any_``) and refuses anything it
+does not know with a ``QueryError`` naming the field or operator; backends compile the tree to
+their own query language (``sqlite_query.py``).  Nothing here touches a database.
+
+Pure functions over their arguments: any thread may call them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+# Columns of a run, by the name a filter or sort uses; aliases map W&B's names onto them.
+COLUMNS = frozenset(
+    ("id", "name", "state", "created_at", "heartbeat_at", "finished_at", "host", "program", "group",
+     "job_type", "notes", "last_step", "rows", "exit_code")
+)  # fmt: skip
+ALIASES = {
+    "display_name": "name",
+    "run_id": "id",
+    "createdAt": "created_at",
+    "summary_metrics": "summary",
+    "runtime": "summary._runtime",
+}
+TIME_COLUMNS = frozenset(("created_at", "heartbeat_at", "finished_at"))
+SOURCES = ("config", "summary")
+OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$exists")
+MAX_CONDITIONS = 200  # a filter is written by hand or by the UI's builder; more is a mistake
+MAX_REGEX = 1000
+
+Scalar = str | int | float | bool | None
+
+
+class QueryError(ValueError):
+    """A filter, sort order or group key the server does not understand; the message says what."""
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """What a condition looks at: a run column, a config/summary key, or the tags."""
+
+    source: str  # "column", "config", "summary" or "tags"
+    name: str  # the column or key ("" for tags)
+
+    def __str__(self) -> str:
+        return {"column": self.name, "tags": "tags"}.get(self.source) or f"{self.source}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Cond:
+    field: Field
+    op: str  # one of OPERATORS
+    value: Any  # a scalar; a list of scalars for $in/$nin; a compiled pattern's text for $regex
+
+
+@dataclass(frozen=True, slots=True)
+class All:
+    parts: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Any_:
+    parts: tuple[Node, ...]
+
+
+Node = Cond | All | Any_
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    field: Field
+    descending: bool
+
+
+def parse_field(text: str) -> Field:
+    """``config.lr``, ``summary.train/loss``, ``tags`` or a column such as ``created_at``."""
+    if not isinstance(text, str) or not text:
+        raise QueryError(f"a field must be a non-empty string, not {text!r}")
+    text = ALIASES.get(text, text)
+    if text == "tags":
+        return Field("tags", "")
+    if text in COLUMNS:
+        return Field("column", text)
+    head, dot, key = text.partition(".")
+    head = ALIASES.get(head, head)
+    if dot and head in SOURCES:
+        if not key:
+            raise QueryError(f"field {text!r} names no key after {head!r}")
+        return Field(head, key)
+    cols = ", ".join(sorted(COLUMNS))
+    raise QueryError(f"unknown field {text!r}: use config.<key>, summary.<key>, tags or one of {cols}")
+
+
+def _scalar(field: Field, op: str, v: Any) -> Scalar:
+    if field.source == "column" and field.name in TIME_COLUMNS and isinstance(v, str):
+        try:
+            t = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise QueryError(f"{field} {op}: {v!r} is not a number of seconds nor an ISO 8601 time") from None
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    raise QueryError(f"{field} {op} takes a number, string, bool or null, not {type(v).__name__}")
+
+
+def _cond(field: Field, op: str, v: Any) -> Cond:
+    if op not in OPERATORS:
+        raise QueryError(f"unknown operator {op!r} on {field} (known: {', '.join(OPERATORS)})")
+    if op in ("$in", "$nin"):
+        if not isinstance(v, list | tuple):
+            raise QueryError(f"{field} {op} takes a list, not {type(v).__name__}")
+        return Cond(field, op, tuple(_scalar(field, op, x) for x in v))
+    if op == "$regex":
+        if not isinstance(v, str) or len(v) > MAX_REGEX:
+            raise QueryError(f"{field} $regex takes a pattern string of at most {MAX_REGEX} characters")
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise QueryError(f"{field} $regex {v!r} is not a valid regular expression: {e}") from None
+        return Cond(field, op, v)
+    if op == "$exists":
+        if not isinstance(v, bool):
+            raise QueryError(f"{field} $exists takes true or false, not {v!r}")
+        return Cond(field, op, v)
+    if op in ("$gt", "$gte", "$lt", "$lte") and (v is None or field.source == "tags"):
+        why = " (tags are compared with $eq, $in or $regex)" if field.source == "tags" else ""
+        raise QueryError(f"{field} {op} needs a number or string{why}")
+    return Cond(field, op, _scalar(field, op, v))
+
+
+def parse_filter(spec: Any) -> Node | None:
+    """The tree of a filter dict; None for an empty one.  Raises QueryError."""
+    if spec is None:
+        return None
+    count = [0]
+    node = _parse(spec, count, "filters")
+    return None if isinstance(node, All) and not node.parts else node
+
+
+def _parse(spec: Any, count: list[int], where: str) -> Node:
+    if not isinstance(spec, dict):
+        raise QueryError(f"{where} must be an object of conditions, not {type(spec).__name__}")
+    parts: list[Node] = []
+    for key, v in spec.items():
+        if key in ("$and", "$or"):
+            if not isinstance(v, list) or not v:
+                raise QueryError(f"{key} takes a non-empty list of filters")
+            subs = tuple(_parse(s, count, f"an item of {key}") for s in v)
+            parts.append(All(subs) if key == "$and" else Any_(subs))
+            continue
+        if isinstance(key, str) and key.startswith("$"):
+            raise QueryError(f"unknown operator {key!r} at the top of a filter (use $and or $or, or a field)")
+        field = parse_field(key)
+        if isinstance(v, dict) and v and all(isinstance(k, str) and k.startswith("$") for k in v):
+            conds = [_cond(field, op, x) for op, x in v.items()]
+        elif isinstance(v, dict):
+            raise QueryError(f"{field}: an object of operators ($gt, $in, ...) or a value, not {v!r}")
+        else:
+            conds = [_cond(field, "$eq", v)]
+        count[0] += len(conds)
+        parts += conds
+        if count[0] > MAX_CONDITIONS:
+            raise QueryError(f"a filter may hold at most {MAX_CONDITIONS} conditions")
+    return parts[0] if len(parts) == 1 else All(tuple(parts))
+
+
+def parse_order(text: str | None) -> list[SortKey]:
+    """``"-summary.acc"``, ``"+created_at"`` or several, comma-separated; default newest first."""
+    if not text:
+        return [SortKey(Field("column", "created_at"), True)]
+    keys = []
+    for part in text.split(","):
+        part = part.strip()
+        desc = part.startswith("-")
+        name = part[1:] if part[:1] in "+-" else part
+        f = parse_field(name)
+        if f.source == "tags":
+            raise QueryError("runs cannot be sorted by tags")
+        keys.append(SortKey(f, desc))
+    if len(keys) > 8:
+        raise QueryError("at most 8 sort keys")
+    return keys
+
+
+def parse_group(text: str) -> Field:
+    """A group key: a column or a config/summary key (not tags)."""
+    f = parse_field(text)
+    if f.source == "tags":
+        raise QueryError("runs cannot be grouped by tags; filter on a tag instead")
+    return f
