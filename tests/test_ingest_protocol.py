@@ -235,7 +235,8 @@ def test_open_then_batches_are_acked_in_order_and_the_run_is_readable_over_http(
     srv, run_id = ingest.srv, uid()
     start = 1000.0
     run_meta = {"id": run_id, "name": "brave-owl-1", "project": PROJECT, "entity": ENTITY,
-                "start_time": start, "host": "gpu-7", "program": "train.py", "tags": ["a", "b"]}  # fmt: skip
+                "start_time": start, "host": "gpu-7", "program": "train.py", "tags": ["a", "b"],
+                "args": ["--lr", "0.01"], "python": "3.11.7"}  # fmt: skip
     meta = rec.encode(1, rec.KIND_RUN, 0, start, rec.pack_body(run_meta))
     meta += rec.encode(2, rec.KIND_CONFIG, 0, start, rec.pack_body({"lr": 0.01, "opt": {"name": "adam"}}))
 
@@ -276,6 +277,7 @@ def test_open_then_batches_are_acked_in_order_and_the_run_is_readable_over_http(
         "train.py",
         ["a", "b"],
     )
+    assert (run["meta"]["args"], run["meta"]["python"]) == (["--lr", "0.01"], "3.11.7")  # the command line
     assert (run["state"], run["exit_code"]) == ("finished", 0)
     assert run["config"] == {"lr": 0.01, "opt": {"name": "adam"}}
     assert (run["rows"], run["last_step"]) == (10, 9)

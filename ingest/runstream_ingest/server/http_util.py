@@ -149,6 +149,7 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "summary": json_safe(info.summary),
         "last_step": info.last_step,
         "rows": info.row_count,
+        "meta": json_safe(info.meta),
     }
 
 

@@ -128,6 +128,9 @@ class RunInfo:
     summary: dict[str, Any]
     last_step: int
     row_count: int
+    # What the program's run record says beyond the columns above (args, python, pid, ...);
+    # filled in for a single run (get_run) only, so that a runs-table page stays small.
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

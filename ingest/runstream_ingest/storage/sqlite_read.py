@@ -31,9 +31,15 @@ def _info(row: Sequence[Any]) -> RunInfo:
 def get_run(store: SqliteStorage, entity: str, project: str, run_id: str) -> RunInfo | None:
     with store._read("reading a run") as c:
         row = c.execute(
-            RUN_INFO + " WHERE e.name = ? AND p.name = ? AND r.run_id = ?", (entity, project, run_id)
+            RUN_INFO.replace(" FROM ", ", r.meta FROM ", 1)
+            + " WHERE e.name = ? AND p.name = ? AND r.run_id = ?",
+            (entity, project, run_id),
         ).fetchone()
-    return None if row is None else _info(row)
+    if row is None:
+        return None
+    info = _info(row[:-1])
+    info.meta = unpack(row[-1])
+    return info
 
 
 def list_runs(
