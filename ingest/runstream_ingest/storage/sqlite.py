@@ -48,7 +48,17 @@ from .base import (
     StoreResult,
     run_path,
 )
-from .sqlite_schema import FIND_RUN, HISTORY, INSERT_CHUNK, SCHEMA, SCHEMA_VERSION, SYSTEM, chunk_row, pack
+from .sqlite_schema import (
+    FIND_RUN,
+    HISTORY,
+    INSERT_CHUNK,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SYSTEM,
+    chunk_row,
+    pack,
+    read_transaction,
+)
 
 
 class SqliteStorage:
@@ -145,15 +155,8 @@ class SqliteStorage:
     @contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:
         """A read transaction on this thread's connection: several queries, one snapshot."""
-        c = self._reader()
-        try:
-            c.execute("BEGIN")
+        with read_transaction(self._reader(), what) as c:
             yield c
-        except sqlite3.Error as e:
-            raise StorageError(f"{what}: {e}") from e
-        finally:
-            with suppress(sqlite3.Error):
-                c.execute("COMMIT")
 
     def close(self) -> None:
         with self._wlock:

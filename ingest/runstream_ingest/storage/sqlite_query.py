@@ -33,6 +33,7 @@ from .base import (
 )
 from .chunk_arrays import CellCache
 from .filters import Cond, Field, Node, QueryError
+from .sqlite_schema import read_transaction
 from .sqlite_sql import Sql, register
 
 if TYPE_CHECKING:
@@ -90,15 +91,8 @@ class SqliteQueries:
 
     @contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:
-        c = self._conn()
-        try:
-            c.execute("BEGIN")
+        with read_transaction(self._conn(), what) as c:
             yield c
-        except sqlite3.Error as e:
-            raise StorageError(f"{what}: {e}") from e
-        finally:
-            with suppress(sqlite3.Error):
-                c.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

@@ -5,11 +5,15 @@ Pure constants and functions: safe from any thread.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from runstream import records as rec
 
 from . import chunks as ck
+from .base import StorageError
 
 SCHEMA_VERSION = 1
 HISTORY, SYSTEM = 0, 1  # series.kind
@@ -95,3 +99,17 @@ def chunk_row(series: int, blob: bytes, s: ck.ChunkStats) -> tuple[Any, ...]:
     # NaN binds as NULL in SQLite: first/last of NaN read back as None, sum of +inf and -inf too.
     return (series, s.first_step, s.last_step, s.first_time, s.last_time, s.count, s.nans, s.min, s.max,
             s.sum, s.first, s.last, blob)  # fmt: skip
+
+
+@contextmanager
+def read_transaction(c: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
+    """A read transaction on a reading thread's own connection: several queries, one snapshot.
+    A SQLite error becomes a ``StorageError`` saying ``what`` was being read."""
+    try:
+        c.execute("BEGIN")
+        yield c
+    except sqlite3.Error as e:
+        raise StorageError(f"{what}: {e}") from e
+    finally:
+        with suppress(sqlite3.Error):
+            c.execute("COMMIT")
