@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -27,6 +28,17 @@ REFERENCE = {
 }
 
 OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b}
+
+
+def arg_parser(doc: str, cases: Any, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; a benchmark adds its own after."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n", maxsplit=1)[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--repeat", type=int, help="repetitions per case (default: each case.json's)")
+    ap.add_argument("--case", action="append", choices=list(cases), help="run only this case (repeatable)")
+    ap.add_argument("--json", type=Path, help="write the JSON here instead of the last line of stdout")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    return ap
 
 
 def load_case(name: str, quick: bool, repeat: int | None) -> dict[str, Any]:

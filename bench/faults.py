@@ -24,7 +24,6 @@ Prints text, then the figures as one JSON object on the last line (or into ``--j
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import subprocess
@@ -42,7 +41,7 @@ from tests.support.proxy import Proxy
 from tests.support.server import ServerProc, start_server
 
 import runstream
-from _common import emit, judge, load_case, machine, median_of, print_targets
+from _common import arg_parser, emit, judge, load_case, machine, median_of, print_targets
 from runstream.api import NotFoundError
 
 TRAIN = """
@@ -294,12 +293,7 @@ def show(name: str, p: dict[str, Any], f: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="shorter phases, one repetition")
-    ap.add_argument("--repeat", type=int, help="repetitions per case (default: each case.json's)")
-    ap.add_argument("--case", action="append", choices=list(CASES), help="run only this case (repeatable)")
-    ap.add_argument("--json", type=Path, help="write the JSON here instead of the last line of stdout")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    ap = arg_parser(__doc__, CASES, "shorter phases, one repetition")
     a = ap.parse_args(argv)
 
     out: dict[str, Any] = {"quick": a.quick, "machine_before": machine()}

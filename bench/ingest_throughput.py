@@ -25,7 +25,6 @@ exits 0 even when a target fails unless ``--check``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -49,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 from tests.support.server import ServerProc, start_server
 
 import _common
-from _common import emit, judge, load_case, machine, median_of, pct, print_targets
+from _common import arg_parser, emit, judge, load_case, machine, median_of, pct, print_targets
 
 _common.OPS.setdefault("<", operator.lt)  # "an idle run costs < 1 %" is a strict bound
 ENTITY = "bench"
@@ -610,13 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--stream-worker"]:
         asyncio.run(stream_worker(json.loads(argv[1])))
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short runs: a ~1 minute smoke run")
-    ap.add_argument("--repeat", type=int, help="repetitions per case (default: each case.json's)")
-    ap.add_argument("--case", action="append", choices=list(CASES), help="run only this case (repeatable)")
-    ap.add_argument("--json", type=Path, help="write the JSON here instead of the last line of stdout")
+    ap = arg_parser(__doc__, CASES, "short runs: a ~1 minute smoke run")
     ap.add_argument("--profile", type=Path, help="profile the server (cProfile per thread) into this dir")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target fails")
     a = ap.parse_args(argv)
 
     out: dict[str, Any] = {"quick": a.quick, "machine_before": machine()}

@@ -16,7 +16,6 @@ Exits 0 even when a target fails -- it is a report -- unless ``--check`` is give
 
 from __future__ import annotations
 
-import argparse
 import gc
 import resource
 import statistics
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import runstream
 from _common import (
     REFERENCE,
+    arg_parser,
     emit,
     finish_and_verify,
     judge,
@@ -393,12 +393,7 @@ def show(name: str, p: dict[str, Any], f: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sample counts: a ~20 s smoke run")
-    ap.add_argument("--repeat", type=int, help="repetitions per case (default: each case.json's)")
-    ap.add_argument("--case", action="append", choices=list(CASES), help="run only this case (repeatable)")
-    ap.add_argument("--json", type=Path, help="write the JSON here instead of the last line of stdout")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    ap = arg_parser(__doc__, CASES, "small sample counts: a ~20 s smoke run")
     a = ap.parse_args(argv)
 
     overhead = timer_overhead_ns()

@@ -20,7 +20,6 @@ each kind is printed beside them.  Prints text, then the figures as one JSON obj
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import math
@@ -44,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 from tests.support.server import ServerProc, start_server
 
-from _common import emit, judge, load_case, machine, print_targets
+from _common import arg_parser, emit, judge, load_case, machine, print_targets
 from runstream import records as rec
 from runstream_ingest.server.args import DB_NAME
 from runstream_ingest.storage import filters as fl
@@ -312,12 +311,7 @@ def show(name: str, fig: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller runs: a ~1 minute smoke run")
-    ap.add_argument("--repeat", type=int, help="repetitions per case (default: each case.json's)")
-    ap.add_argument("--case", action="append", choices=list(CASES), help="run only this case (repeatable)")
-    ap.add_argument("--json", type=Path, help="write the JSON here instead of the last line of stdout")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    ap = arg_parser(__doc__, CASES, "smaller runs: a ~1 minute smoke run")
     a = ap.parse_args(argv)
     out: dict[str, Any] = {"quick": a.quick, "machine_before": machine()}
     print(f"runstream query benchmark{' (--quick)' if a.quick else ''}: {out['machine_before']}")
