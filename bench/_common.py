@@ -175,8 +175,11 @@ def print_targets(out: dict[str, Any], targets: list[dict[str, Any]]) -> None:
         print(f"  {verdict}  {t['case']}.{t['metric']} = {shown} (target {t['op']} {t['value']:,})")
 
 
-def emit(out: dict[str, Any], json_path: Any, check: bool) -> int:
+def emit(
+    out: dict[str, Any], cases: dict[str, Any], targets: list[dict[str, Any]], json_path: Any, check: bool
+) -> int:
     """The same figures as JSON (to ``json_path`` or as the last line); exit 1 only with --check."""
+    out |= {"cases": cases, "targets": targets, "all_pass": all(t["pass"] for t in targets)}
     text = json.dumps(out)
     if json_path:
         json_path.write_text(text + "\n")

@@ -639,8 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in split.items()))
         out["stage_split_us_per_row"] = split
     print_targets(out, targets)
-    out |= {"cases": cases, "targets": targets, "all_pass": all(t["pass"] for t in targets)}
-    return emit(out, a.json, a.check)
+    return emit(out, cases, targets, a.json, a.check)
 
 
 if __name__ == "__main__":
