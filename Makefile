@@ -27,6 +27,11 @@ $(STAMP): pyproject.toml setup.py $(wildcard sdk/runstream/_ringfast*.c sdk/runs
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@# setuptools' editable finder ranks below a plain directory on sys.path: the runstream/ folder
+	@# each run leaves in its working directory would then shadow the package ("no attribute
+	@# 'init'") the next time a script runs there.  Real path entries for the sources rank first.
+	@printf '%s\n' "$(CURDIR)/sdk" "$(CURDIR)/ingest" > \
+	  "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/runstream-sources.pth"
 	@touch $(STAMP)
 
 demo: install

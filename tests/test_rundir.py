@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -161,3 +163,27 @@ def test_failed_atomic_write_keeps_the_old_content(tmp_path: Path, monkeypatch: 
     monkeypatch.undo()
     assert target.read_text() == "old: 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_a_script_run_again_where_runs_left_a_runstream_folder_still_imports_runstream(
+    tmp_path: Path,
+) -> None:
+    # The first run leaves ./runstream/ (run dirs, latest-run).  Python puts the script's folder
+    # first on sys.path, and a package-less folder of that name must not shadow the real package.
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import runstream\n"
+        "with runstream.init(project='p', mode='offline', settings={'silent': True}) as run:\n"
+        "    run.log({'loss': 1.0})\n"
+    )
+    for attempt in (1, 2):
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            check=False,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"run {attempt}: {done.stderr}"
+        assert (tmp_path / "runstream" / "latest-run").exists()
