@@ -5,17 +5,20 @@ Three cases, parameters and targets in ``bench/cases/<name>/case.json``:
 * ``query_series``: runs of 10^4 and 10^6 steps x 10 metrics and one metric of 10^7 points are
   written through ``store_batch`` (sidecar-sized batches, then compaction, as real ingest lays
   chunks out); then one metric as a 1,000-bucket series, timed in the storage layer
-  (``SqliteQueries.series``) and through HTTP from a real server process, side by side.  The
-  target: the same time whatever the run's length.
+  (``SqliteQueries.series``) and through HTTP from a real server process, side by side: cold
+  (the first request for the run after the storage or the server starts: nothing cached in the
+  process; median over ``cold_repeats`` restarts) and warm (median of ``requests`` more).  The
+  target: the same time whatever the run's length, cold or warm.
 * ``query_table``: 10,000 runs, each with 10 config and 20 summary keys; a page of 50 sorted by a
   summary key, one filtered on a config key, one 9,000 runs deep, and a group-by.
 * ``query_live``: a running run's batches arrive every 50 ms on a raw gRPC stream; the lag from
   each ack until the dashboard's event stream shows the run there.
 
 Databases live on tmpfs (/dev/shm) so that building them does not wait on fsync; a freshly written
-database is in the page cache anyway.  Figures are medians over requests; the first request of
-each kind is printed beside them.  Prints text, then the figures as one JSON object on the last line
-(or into ``--json PATH``); exits 0 even when a target fails unless ``--check``.
+database is in the page cache anyway (a cold request finds the file there too).  Figures are
+medians over requests; for the table, the first request of each kind is printed beside them.
+Prints text, then the figures as one JSON object on the last line (or into ``--json PATH``);
+exits 0 even when a target fails unless ``--check``.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ def metric_rows(n_metrics: int) -> Callable[[int], bytes]:
 
 # --- timing ------------------------------------------------------------------------------------
 def timed(fn: Callable[[], Any], n: int) -> tuple[float, float, Any]:
-    """(first call ms, median ms of the next ``n``, the last result)."""
+    """(first call ms, median ms of the next ``n`` (NaN when none), the last result)."""
     t0 = time.perf_counter()
     out = fn()
     first = (time.perf_counter() - t0) * 1e3
@@ -103,7 +106,7 @@ def timed(fn: Callable[[], Any], n: int) -> tuple[float, float, Any]:
         t0 = time.perf_counter()
         out = fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return first, statistics.median(times), out
+    return first, statistics.median(times) if times else math.nan, out
 
 
 class Http:
@@ -139,28 +142,44 @@ def case_series(p: dict[str, Any], tmp: Path) -> dict[str, Any]:
         print(
             f"  wrote {run}: {steps:,} steps x {metrics} metrics in {fig[f'write_s_{label}']} s", flush=True
         )
-    q = SqliteQueries(s)
-    n, buckets = p["requests"], p["buckets"]
+    s.close()
+    n, buckets, colds = p["requests"], p["buckets"], p["cold_repeats"]
+    # Cold: the first request for a run after the storage (or server) starts, with nothing of it
+    # cached in the process; the database file stays in the page cache (tmpfs).
     for label, (run, _, _) in runs.items():
-        first, med, out = timed(lambda run=run: q.series(E, P, run, ["m0"], buckets), n)
-        fig[f"storage_ms_{label}"], fig[f"storage_first_ms_{label}"] = med, first
-        fig[f"buckets_{label}"] = len(out["m0"].x)
-    _, fig["storage_ms_1e6_all_10_metrics"], _ = timed(
+        cold = []
+        for _ in range(colds):
+            s = SqliteStorage(tmp / DB_NAME)
+            q = SqliteQueries(s)
+            cold.append(timed(lambda run=run, q=q: q.series(E, P, run, ["m0"], buckets), 0)[0])
+            q.close()
+            s.close()
+        fig[f"storage_cold_ms_{label}"] = statistics.median(cold)
+    s = SqliteStorage(tmp / DB_NAME)
+    q = SqliteQueries(s)
+    fig["storage_cold_ms_1e6_all_10_metrics"], fig["storage_ms_1e6_all_10_metrics"], _ = timed(
         lambda: q.series(E, P, "long", [f"m{k}" for k in range(10)], buckets), max(3, n // 4)
     )
+    for label, (run, _, _) in runs.items():
+        _, fig[f"storage_ms_{label}"], out = timed(lambda run=run: q.series(E, P, run, ["m0"], buckets), n)
+        fig[f"buckets_{label}"] = len(out["m0"].x)
     q.close()
     s.close()
-    srv = start_server(tmp)
-    h = Http(srv)
-    try:
-        for label, (run, _, _) in runs.items():
-            path = f"/api/v1/runs/{E}/{P}/{run}/series"
-            first, med, body = timed(lambda path=path: h.get(path, keys="m0", buckets=buckets), n)
-            fig[f"http_ms_{label}"], fig[f"http_first_ms_{label}"] = med, first
-            fig[f"http_bytes_{label}"] = len(body)
-    finally:
-        h.close()
-        srv.stop()
+    for label, (run, _, _) in runs.items():
+        path = f"/api/v1/runs/{E}/{P}/{run}/series"
+        cold = []
+        for i in range(colds):
+            srv = start_server(tmp)
+            h = Http(srv)
+            try:  # the last server also gives the warm median
+                warm = n if i == colds - 1 else 0
+                first, med, body = timed(lambda path=path, h=h: h.get(path, keys="m0", buckets=buckets), warm)
+                cold.append(first)
+            finally:
+                h.close()
+                srv.stop()
+        fig[f"http_cold_ms_{label}"], fig[f"http_ms_{label}"] = statistics.median(cold), med
+        fig[f"http_bytes_{label}"] = len(body)
     return fig
 
 
@@ -291,15 +310,16 @@ CASES: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
 
 def show(name: str, fig: dict[str, Any]) -> None:
     if name == "query_series":
-        print("  1,000-bucket series of one metric (median ms; first request in brackets):")
-        print("    run             storage          HTTP             buckets  HTTP bytes")
+        print("  1,000-bucket series of one metric, ms: warm (median of requests) and cold (first")
+        print("  request after a start, median of restarts)")
+        print("    run             storage warm  cold    HTTP warm  cold    buckets  HTTP bytes")
         for label, what in (("1e4", "10^4 steps"), ("1e6", "10^6 steps"), ("1e7", "10^7 points")):
             f = {k.removesuffix(f"_{label}"): v for k, v in fig.items() if k.endswith(f"_{label}")}
-            storage = f"{f['storage_ms']:6.1f} ({f['storage_first_ms']:6.1f})"
-            over_http = f"{f['http_ms']:6.1f} ({f['http_first_ms']:6.1f})"
+            storage = f"{f['storage_ms']:10.1f} {f['storage_cold_ms']:6.1f}"
+            over_http = f"{f['http_ms']:10.1f} {f['http_cold_ms']:6.1f}"
             print(f"    {what:<14}  {storage}  {over_http}  {f['buckets']:7}  {f['http_bytes']:,}")
-        all10 = fig["storage_ms_1e6_all_10_metrics"]
-        print(f"    10^6 steps, all 10 metrics in one request (storage): {all10:.1f} ms")
+        all10, all10_cold = fig["storage_ms_1e6_all_10_metrics"], fig["storage_cold_ms_1e6_all_10_metrics"]
+        print(f"    10^6 steps, all 10 metrics in one request (storage): {all10:.1f} (cold {all10_cold:.1f})")
     elif name == "query_table":
         first = fig["storage_page_first_ms"]
         print(f"  storage: sorted page {fig['storage_page_ms']:.1f} ms (first {first:.1f})")

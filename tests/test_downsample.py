@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,13 @@ from hypothesis import strategies as st
 
 from runstream import records as rec
 from runstream_ingest.storage import chunk_arrays as ca
+from runstream_ingest.storage import chunks as ck
 from runstream_ingest.storage import series as sr
 from runstream_ingest.storage.base import RunNotFound
 from runstream_ingest.storage.filters import QueryError
 from runstream_ingest.storage.sqlite import SqliteStorage
 from runstream_ingest.storage.sqlite_query import SqliteQueries
+from tests.test_storage_chunks import legacy
 
 E, P = "ent", "proj"
 START = 1_000_000.0  # the run's start_time
@@ -102,6 +106,19 @@ def covering(series: sr.Series, x: float) -> int:
     raise AssertionError(f"no bucket covers x={x}")
 
 
+def counting_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """A list that grows by one at every call of ``chunk_arrays.<name>``."""
+    calls: list[int] = []
+    real = getattr(ca, name)
+
+    def counting(*a: Any) -> Any:
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(ca, name, counting)
+    return calls
+
+
 # --- spikes --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("x_axis", ["_step", "_timestamp", "_runtime"])
 def test_a_single_spike_in_a_million_steps_is_the_max_of_its_bucket(
@@ -154,44 +171,76 @@ def test_long_series_are_read_from_chunk_statistics_without_decoding(
 ) -> None:
     """100 buckets over a million points: every chunk lies inside a bucket's width, so not one
     blob is decoded; a range cut inside chunks decodes only the two chunks at its ends."""
-    decoded: list[int] = []
-    real = ca.decode_columns
-
-    def counting(blob: bytes, what: str, *a: Any) -> Any:
-        decoded.append(1)
-        return real(blob, what, *a)
-
-    monkeypatch.setattr(ca, "decode_columns", counting)
+    decoded = counting_calls(monkeypatch, "decode_columns")
     whole = million.series(E, P, "long", ["loss"], 100)["loss"]
     assert decoded == [] and sum(whole.count) == MILLION and max(whole.max) == 1e6
     part = million.series(E, P, "long", ["loss"], 100, "_step", 1234, 901_234)["loss"]
     assert len(decoded) == 2 and sum(part.count) == 900_001 and max(part.max) == 1e6
 
 
-def test_a_chart_asked_again_decodes_no_chunk_twice(
+def test_a_long_chart_reads_stored_cells_and_decodes_no_chunk_even_the_first_time(
     million: SqliteQueries, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """1,000 buckets over a million points need finer grain than whole chunks: the first request
-    decodes them and keeps their cells; the same chart again (a refresh) decodes nothing and gives
-    the same answer."""
-    decoded: list[int] = []
-    real = ca.decode_columns
-
-    def counting(blob: bytes, what: str, *a: Any) -> Any:
-        decoded.append(1)
-        return real(blob, what, *a)
-
-    monkeypatch.setattr(ca, "decode_columns", counting)
+    """1,000 buckets over a million points need finer grain than whole chunks: cells of 64
+    points, stored in each chunk when it was written and read from the front of its blob, so even
+    the first request after a start decodes no chunk; they are then kept, so the same chart again
+    (a refresh, another x axis) reads no blob at all and comes back the same."""
+    decoded = counting_calls(monkeypatch, "decode_columns")
+    read = counting_calls(monkeypatch, "read_records")
     million.cells = ca.CellCache()
     first = million.series(E, P, "long", ["loss"], 1000)["loss"]
-    assert len(decoded) > 100
-    decoded.clear()
+    assert decoded == [] and len(read) > 100 and sum(first.count) == MILLION
+    read.clear()
     again = million.series(E, P, "long", ["loss"], 1000)["loss"]
-    assert decoded == [] and again == first
-    assert (
-        million.series(E, P, "long", ["loss"], 500, "_step", 0, MILLION // 2 - 1)["loss"].max[-1] is not None
-    )
-    assert decoded == []
+    by_time = million.series(E, P, "long", ["loss"], 1000, "_runtime")["loss"]
+    assert decoded == [] and read == [] and again == first and by_time.max == first.max
+    half = million.series(E, P, "long", ["loss"], 500, "_step", 0, MILLION // 2 - 1)["loss"]
+    assert decoded == [] and read == [] and sum(half.count) == MILLION // 2
+
+
+@pytest.mark.parametrize("x_axis", sr.X_AXES)
+def test_chunks_written_before_cells_were_stored_chart_the_same_and_decode_once(
+    db: tuple[SqliteStorage, SqliteQueries], monkeypatch: pytest.MonkeyPatch, x_axis: str
+) -> None:
+    """A database from before chunks held cells ("RSC1" chunks) gives the very same chart: its
+    chunks are decoded and their cells computed on the first request, then kept."""
+    s, q = db
+    spike = 123_456
+    store_run(s, "r", range(200_000), lambda i: {"loss": 1e6 if i == spike else wave(i), "n": i % 7})
+    want = q.series(E, P, "r", ["loss", "n"], 1000, x_axis)
+    with closing(sqlite3.connect(s.path)) as c, c:  # as an older server wrote it
+        c.create_function("legacy", 1, legacy)
+        assert c.execute(
+            "UPDATE chunks SET data = legacy(data) WHERE substr(data, 1, 4) = ?", (ck.MAGIC,)
+        ).rowcount
+    q.cells = ca.CellCache()
+    decoded = counting_calls(monkeypatch, "decode_columns")
+    got = q.series(E, P, "r", ["loss", "n"], 1000, x_axis)
+    assert got == want and len(decoded) > 50 and max(m for m in got["loss"].max if m is not None) == 1e6
+    decoded.clear()
+    assert q.series(E, P, "r", ["loss", "n"], 1000, x_axis) == want and decoded == []
+
+
+def test_a_chunk_whose_cells_are_damaged_is_refused_naming_it(
+    db: tuple[SqliteStorage, SqliteQueries],
+) -> None:
+    """A read never returns data from damaged cells: the series fails with ChunkCorrupt naming the
+    run, the key and the chunk; other keys still read."""
+    s, q = db
+    store_run(s, "r", range(100_000), lambda i: {"loss": wave(i), "acc": wave(i)})
+    with closing(sqlite3.connect(s.path)) as c, c:
+        cid, blob = c.execute(
+            "SELECT c.id, c.data FROM chunks c JOIN series s ON s.id = c.series WHERE s.name = 'loss'"
+            " ORDER BY c.first_step LIMIT 1 OFFSET 3"
+        ).fetchone()
+        bad = bytearray(blob)
+        bad[ck.HEADER_SIZE + 20] ^= 0x10  # inside the cell section
+        c.execute("UPDATE chunks SET data = ? WHERE id = ?", (bytes(bad), cid))
+    with pytest.raises(
+        ck.ChunkCorrupt, match=rf"run ent/proj/r key 'loss'.* chunk {cid}: CRC-32C mismatch in its cells"
+    ):
+        q.series(E, P, "r", ["loss"], 1000)
+    assert sum(q.series(E, P, "r", ["acc"], 1000)["acc"].count) == 100_000
 
 
 # --- exact points ----------------------------------------------------------------------------------

@@ -39,12 +39,14 @@ from runstream_ingest.storage.base import (
     RunExists,
     RunInfo,
     RunNotFound,
+    RunQuery,
     SequenceGap,
     Storage,
     StorageError,
 )
 from runstream_ingest.storage.batch import decode_batch
 from runstream_ingest.storage.sqlite import SqliteStorage
+from runstream_ingest.storage.sqlite_query import SqliteQueries
 
 from .test_storage_chunks import FLOATS, canon
 
@@ -845,6 +847,64 @@ def test_unknown_and_malformed_records_are_kept_raw(backend: Backend) -> None:
     with closing(sqlite3.connect(str(backend.path))) as db, db:
         kept = db.execute("SELECT seq, kind, reason FROM raw_records ORDER BY seq").fetchall()
     assert kept == [(4, 42, "unknown kind 42"), (5, rec.KIND_ROW, "malformed row body")]
+
+
+# --- the run editor (SqliteQueries: the dashboard's edits and deletes) --------------------------
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_person_s_edits_win_over_the_program_s_later_run_records(backend: Backend) -> None:
+    """Renamed and retagged in the dashboard while it runs, a run stays so when the program
+    sends its metadata again (a resume, a second RUN record): the edit sticks, as in W&B.  What
+    the person did not edit (notes here) still follows the program, and the sidecar's environment
+    (a RUN record of its own writer with environment keys only) merges in beside the edit."""
+    s = backend.open()
+    assert isinstance(s, SqliteStorage)
+    q = SqliteQueries(s)
+    s.open_run(E, P, "r", "w", "")
+    f = training_feed(2)
+    f.store(s)
+    q.update_run(E, P, "r", {"name": "mine", "tags": ["keep"]})
+    f.add(rec.KIND_RUN, {"name": "program's", "tags": ["t9"], "notes": "from the program"})
+    f.row(2, {"loss": 0.1})
+    f.store(s, first=len(f.records) - 1)
+    env = Feed()
+    env.add(rec.KIND_RUN, {"git": {"commit": "abc"}, "os": "Linux"})
+    s.open_run(E, P, "r", "w" + rec.COMPANION_WRITER_SUFFIX, "companion")
+    env.store(s, writer="w" + rec.COMPANION_WRITER_SUFFIX)
+    s.open_run(E, P, "r", "w2", "allow")  # the program resumed: a new writer, its RUN record again
+    again = Feed()
+    again.run(name="resumed", tags=["t1"], notes="resumed")
+    again.store(s, writer="w2")
+    info = run_info(s)
+    assert (info.name, info.tags, info.notes) == ("mine", ["keep"], "resumed")
+    assert info.meta["git"] == {"commit": "abc"} and info.meta["host"] == "h"
+    page = q.query_runs(E, P, RunQuery(limit=10))
+    assert [(r.name, r.tags) for r in page.runs] == [("mine", ["keep"])]
+    assert [r.run_id for r in q.query_runs(E, P, RunQuery(search="keep")).runs] == ["r"]
+    q.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_deleted_run_leaves_no_cached_ids_behind(backend: Backend) -> None:
+    """SQLite reuses a deleted run's row id: a run created after the delete gets it, and the
+    deleted run's path created again must not be taken for that one (nor its series for theirs)."""
+    s = backend.open()
+    assert isinstance(s, SqliteStorage)
+    q = SqliteQueries(s)
+    s.open_run(E, P, "a", "w", "")
+    old = Feed()
+    old.row(0, {"loss": 9.0, "gone": 1})
+    old.add(rec.KIND_EXIT, {"exit_code": 0})
+    old.store(s, run="a")
+    q.delete_run(E, P, "a")
+    assert s.get_run(E, P, "a") is None
+    for run, value in (("b", 2.0), ("a", 1.0)):
+        s.open_run(E, P, run, "w", "")
+        f = Feed()
+        f.row(0, {"loss": value})
+        f.store(s, run=run)
+    assert [r["loss"] for r in history(s, "b")] == [2.0] and [r["loss"] for r in history(s, "a")] == [1.0]
+    assert "gone" not in s.history_keys(E, P, "a")
+    q.close()
 
 
 # --- durability, damage, concurrency -----------------------------------------------------------

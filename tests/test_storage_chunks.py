@@ -9,12 +9,14 @@ import struct
 from typing import Any
 
 import msgpack
+import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from runstream import records as rec
 from runstream_ingest.storage import batch as bt
+from runstream_ingest.storage import chunk_arrays as ca
 from runstream_ingest.storage import chunks as ck
 from runstream_ingest.storage import columns as cl
 from runstream_ingest.storage.base import StorageError
@@ -46,7 +48,7 @@ def canon(v: Any) -> Any:
 
 @st.composite
 def points(draw: st.DrawFn) -> tuple[list[int], list[float], list[Any]]:
-    n = draw(st.integers(1, 60))
+    n = draw(st.integers(1, 60) | st.integers(ck.cc.CELL + 1, 3 * ck.cc.CELL + 10))  # no cells, or cells
     kind = draw(st.sampled_from(["consecutive", "strided", "constant", "any"]))
     first = draw(st.integers(-(2**40), 2**40))
     if kind == "consecutive":
@@ -119,12 +121,93 @@ def test_a_damaged_chunk_raises_rather_than_returning_wrong_data(
         ck.decode_chunk(bytes(bad), "chunk 7")
 
 
+def legacy(blob: bytes) -> bytes:
+    """The chunk as written before chunks held cells ("RSC1"): the same without its cell section."""
+    head = bytearray(blob[: ck.HEADER_SIZE])
+    cells_len = struct.unpack_from("<I", head, 36)[0]
+    head[0:4] = ck.MAGIC_V1
+    struct.pack_into("<H", head, 10, 0)
+    struct.pack_into("<I", head, 36, 0)
+    body = blob[ck.HEADER_SIZE + cells_len :]
+    struct.pack_into("<I", head, 4, rec.crc32c(body, rec.crc32c(bytes(head[ck.CRC_START :]))))
+    return bytes(head) + body
+
+
+def stored_cells(prefix: bytes) -> Any:
+    """The cells stored in one chunk (None when it has none), named "chunk 7" in errors."""
+    got = ca.read_records(prefix, "chunk 7")
+    return None if got is None else ca.join_records([got])
+
+
+def cells_equal(a: ca.Cells, b: ca.Cells) -> bool:
+    return all(np.array_equal(x, y, equal_nan=x.dtype.kind == "f") for x, y in zip(a, b, strict=True))
+
+
+@given(points())
+@settings(max_examples=80, deadline=None)
+def test_stored_cells_are_the_cells_of_the_decoded_points_and_old_chunks_read_alike(
+    pts: tuple[list[int], list[float], list[Any]],
+) -> None:
+    """Cells are stored in chunks of more than CELL points, equal bit for bit to what the read
+    side computes from the points (the fallback for chunks written before cells were stored),
+    by step and by time; such an old chunk ("RSC1") decodes to the same points and has no cells."""
+    steps, times, values = pts
+    blob, _ = ck.encode_chunk(steps, times, values)
+    stored = stored_cells(blob[: ca.prefix_len(len(values))])
+    old = legacy(blob)
+    assert stored_cells(old) is None
+    assert canon(ck.decode_chunk(old)) == canon(ck.decode_chunk(blob))
+    if len(values) <= ck.cc.CELL:
+        assert stored is None and old[4:] == blob[4:]  # a small chunk differs by its magic only
+        return
+    assert stored is not None and blob[:4] == ck.MAGIC
+    s, t, v = ca.decode_columns(old, "chunk 7", True, True)
+    by_step, by_time = ca.cells_of(s, v), ca.cells_of(t, v)
+    x0, x1 = stored.step_min.astype(np.float64), stored.step_max.astype(np.float64)
+    assert cells_equal(by_step, ca.Cells(x0, x1, *stored[4:]))
+    assert cells_equal(by_time, ca.Cells(stored.time_min, stored.time_max, *stored[4:]))
+
+
+@given(points(), st.data())
+@settings(max_examples=120, deadline=None)
+def test_damaged_cells_raise_and_damage_elsewhere_leaves_them_right(
+    pts: tuple[list[int], list[float], list[Any]], data: st.DataObject
+) -> None:
+    """Cells are read from a blob's first bytes only, checked by their own CRC: damage in the
+    header or the cell section raises ChunkCorrupt naming the chunk; damage past them (or to the
+    whole blob's CRC, which covers the rest) leaves the cells read exactly as written."""
+    blob, _ = ck.encode_chunk(*pts)
+    good = stored_cells(blob)
+    assume(good is not None)
+    assert good is not None
+    end = ck.HEADER_SIZE + struct.unpack_from("<I", blob, 36)[0]
+    bad = bytearray(blob)
+    if data.draw(st.booleans()):
+        pos = data.draw(st.integers(0, min(end + 3, len(blob) - 1)) | st.integers(0, len(blob) - 1))
+        bad[pos] ^= 1 << data.draw(st.integers(0, 7))
+        touched = pos < 4 or ck.CRC_START <= pos < end
+    else:
+        cut = data.draw(st.integers(0, min(end + 3, len(blob) - 1)) | st.integers(0, len(blob) - 1))
+        bad = bad[:cut]
+        touched = cut < end
+    try:
+        got = stored_cells(bytes(bad[: ca.prefix_len(len(pts[2]))]))
+    except StorageError as e:
+        assert "chunk 7" in str(e)
+        assert touched
+        return
+    assert not touched and got is not None
+    assert all(np.array_equal(a, b, equal_nan=a.dtype.kind == "f") for a, b in zip(got, good, strict=True))
+
+
 def test_consecutive_steps_cost_no_step_column() -> None:
     n = 4000
     explicit, _ = ck.encode_chunk([i * i for i in range(n)], [0.0] * n, [1.0] * n)
     strided, _ = ck.encode_chunk(list(range(10, 10 + n)), [0.0] * n, [1.0] * n)
     assert strided[9] == ck.XENC_STRIDE and explicit[9] == ck.XENC_EXPLICIT
-    assert len(strided) < 200  # header plus a few bytes of zstd for two constant columns
+    cells = struct.unpack_from("<I", strided, 36)[0]
+    assert len(strided) - cells < 200  # header plus a few bytes of zstd for two constant columns
+    assert cells < 2646 / 5  # 63 cells of 42 bytes: cells of constant values compress too
     assert ck.decode_chunk(strided).steps == list(range(10, 10 + n))
 
 

@@ -33,16 +33,16 @@ if TYPE_CHECKING:  # at run time only the annotations name them; series.py impor
     from .filters import Field, Node, SortKey
     from .series import Series
 
-RESUME_MODES = ("", "allow", "auto", "must", "never")
+RESUME_MODES = ("", "allow", "auto", "must", "never", "companion")
 RUN_STATES = ("running", "finished", "failed", "crashed")
 # Rows whose step does not exceed the run's last stored step are not stored (steps are the row
 # key); how many were refused is shown in the summary under this key, like the SDK's own counter.
 SERVER_REGRESSIONS_KEY = "_runstream/server_step_regressions"
 
-# Reserved record kinds the SDK does not write yet (proto/runstream/v1/ingest.proto).
-KIND_SYSTEM = 7
-KIND_CONSOLE = 8
-KIND_FILE = 9
+# Kinds kept outside the run's history (proto/runstream/v1/ingest.proto).
+KIND_SYSTEM = rec.KIND_SYSTEM
+KIND_CONSOLE = rec.KIND_CONSOLE
+KIND_FILE = rec.KIND_FILE
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -376,7 +376,16 @@ class RunFold:
     ``apply`` takes RUN/CONFIG/SUMMARY/STATS/EXIT records; ``add_latest`` takes the last value of
     every key of a batch of rows.  ``dirty`` names the fields a backend must write back.
     Belongs to one thread (the writer's), for the length of one transaction.
+
+    A person's edits of a run's name, tags or notes (``edit``, from the dashboard or the read
+    API) are kept in ``meta[EDITED]`` and win over the program's later RUN records, as in W&B:
+    a run renamed in the dashboard while it runs stays renamed when the program resumes or
+    sends its metadata again.  RUN records without those fields (the sidecar's environment)
+    merge into ``meta`` as always.
     """
+
+    EDITED = "_runstream/edited"  # meta: {field: value} of the fields a person edited
+    EDITABLE = ("name", "tags", "notes")
 
     meta: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
@@ -398,7 +407,11 @@ class RunFold:
             return False
         k = r.kind
         if k == rec.KIND_RUN and isinstance(v, dict):
+            edits = self.meta.get(self.EDITED)
             self.meta.update(v)
+            if isinstance(edits, dict):  # a person's edits outlive the program's later records
+                self.meta.update(edits)
+                self.meta[self.EDITED] = edits
             if self.start_time is None:
                 self.start_time = v.get("start_time", r.time)
             self.dirty.add("meta")
@@ -424,6 +437,13 @@ class RunFold:
         else:
             return False
         return True
+
+    @classmethod
+    def edit(cls, meta: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+        """``meta`` with a person's edits of ``EDITABLE`` fields applied and remembered."""
+        edits = {k: changes[k] for k in cls.EDITABLE if k in changes}
+        old = meta.get(cls.EDITED)
+        return {**meta, **edits, cls.EDITED: {**(old if isinstance(old, dict) else {}), **edits}}
 
     def add_latest(self, last: dict[str, Any]) -> None:
         self.latest.update(last)

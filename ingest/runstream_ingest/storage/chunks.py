@@ -2,16 +2,23 @@
 
 A chunk holds consecutive points of one series (one run, one key): their steps, timestamps and
 values, compressed with zstd, plus statistics (count, NaN count, min, max, sum, first, last) that
-the backend keeps in its own columns so charts can be drawn without decompressing.  The byte
-format is in ``docs/storage.md`` ("Chunk"); in short::
+the backend keeps in its own columns so charts can be drawn without decompressing, and the same
+statistics per cell of 64 points (``chunk_cells.py``) in the blob, in front of the compressed
+points, so a chart can read them without the rest.  The byte format is in ``docs/storage.md``
+("Chunk"); in short::
 
-    header  := magic "RSC1" | crc32c:u32 | vtype:u8 | xenc:u8 | 0:u16 | count:u32
-               | first_step:i64 | stride:i64 | raw_len:u32 | 0:u32              (40 bytes)
+    header  := magic "RSC2" | crc32c:u32 | vtype:u8 | xenc:u8 | cell:u16 | count:u32
+               | first_step:i64 | stride:i64 | raw_len:u32 | cells_len:u32      (40 bytes)
+    cells   := cells_len bytes (none when cell = 0): chunk_cells.section
     payload := zstd( [steps i64 x count]  times f64 x count  values  [tags u8 x count] )
 
 ``crc32c`` covers every byte after itself, so damage anywhere past the magic is caught before the
-payload is trusted.  8-byte columns are byte-shuffled (all first bytes, then all second bytes...)
-so that slowly changing numbers compress well (a numpy transpose does that in C).
+payload is trusted; the cell section has a CRC of its own (and of the header) for readers that
+read only that far.  "RSC1" chunks (written before cells were stored) are the same without
+cells: they read alike, and charts compute their cells from the points.
+
+8-byte columns are byte-shuffled (all first bytes, then all second bytes...) so that slowly
+changing numbers compress well (a numpy transpose does that in C).
 
 Values keep their Python type: a chunk is all floats (F64, bit-exact, NaN and infinities
 included), all ints (I64), all bools (BOOL) or MIXED (8 raw bytes per point plus a type tag).
@@ -38,9 +45,11 @@ import zstandard
 
 from runstream import records as rec
 
+from . import chunk_cells as cc
 from .base import StorageError
 
-MAGIC = b"RSC1"
+MAGIC = b"RSC2"
+MAGIC_V1 = b"RSC1"  # no cells: read alike (the ``cell`` and ``cells_len`` fields are 0)
 HEADER = struct.Struct("<4sIBBHIqqII")
 HEADER_SIZE = HEADER.size  # 40
 assert HEADER_SIZE == 40
@@ -55,6 +64,7 @@ NUMERIC = frozenset(_TAGS)
 CHUNK_MAX = 4096  # points per chunk: a batch's column is cut into pieces of at most this many
 COMPACT_MIN = 2048  # chunks smaller than this are merged with their neighbours by compaction
 ZSTD_LEVEL = 1  # level 3 gains ~5% size on history at ~1.6x the cost on the write path
+CELLS_ZSTD_LEVEL = -1
 NUMPY_MIN = 256  # below this many points numpy's cost per call outweighs its speed per point
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
@@ -93,6 +103,15 @@ def _zstd() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
     if ctx is None:
         ctx = _local.ctx = (zstandard.ZstdCompressor(level=ZSTD_LEVEL), zstandard.ZstdDecompressor())
     return ctx
+
+
+def _zstd_cells() -> zstandard.ZstdCompressor:
+    """Cells are small and read whole: zstd's fast level -1 costs half what level 1 does there,
+    for 2% more bytes."""
+    zc: zstandard.ZstdCompressor | None = getattr(_local, "cells", None)
+    if zc is None:
+        zc = _local.cells = zstandard.ZstdCompressor(level=CELLS_ZSTD_LEVEL)
+    return zc
 
 
 def shuffle8(raw: bytes | npt.NDArray[Any]) -> bytes:
@@ -176,26 +195,41 @@ def _mixed_bits(v: Any) -> int:
     return int(v)
 
 
-XPart = tuple[int, int, int, bytes]  # (xenc, first_step, stride, encoded steps and times)
+class XPart(NamedTuple):
+    """A chunk's steps and times, encoded once per batch and shared by every key that has them."""
+
+    xenc: int
+    first: int
+    stride: int
+    data: bytes  # [steps] times, shuffled: the start of the payload
+    cells: cc.XCells | None  # the x of the chunk's cells; None when it gets no cells
 
 
 def _x_part(steps: Sequence[int], times: Sequence[float]) -> XPart:
     n, first = len(steps), int(steps[0])
     stride = int(steps[1]) - first if n > 1 else 0
-    tbytes = shuffle8(np.asarray(times, np.float64))
+    t = np.asarray(times, np.float64)
+    tbytes = shuffle8(t)
     # The common case (consecutive steps) stores no steps.  A progression whose last term does
     # not fit int64 (nor its stride) cannot be the steps, and is not computed.
-    if n == 1:
-        return XENC_STRIDE, first, stride, tbytes
-    if I64_MIN <= stride <= I64_MAX and I64_MIN <= first + stride * (n - 1) <= I64_MAX:
+    same = n == 1
+    if not same and I64_MIN <= stride <= I64_MAX and I64_MIN <= first + stride * (n - 1) <= I64_MAX:
         if n < NUMPY_MIN:
             steps = steps if isinstance(steps, list) else steps.tolist()  # type: ignore[attr-defined]
             same = steps == (list(range(first, first + n * stride, stride)) if stride else [first] * n)
         else:
             same = np.array_equal(np.asarray(steps, np.int64), first + stride * np.arange(n, dtype=np.int64))
-        if same:
-            return XENC_STRIDE, first, stride, tbytes
-    return XENC_EXPLICIT, first, 0, shuffle8(np.asarray(steps, np.int64)) + tbytes
+    cells = cc.x_cells(steps, t, not same) if n > cc.CELL else None
+    if same:
+        return XPart(XENC_STRIDE, first, stride, tbytes, cells)
+    return XPart(XENC_EXPLICIT, first, 0, shuffle8(np.asarray(steps, np.int64)) + tbytes, cells)
+
+
+def _as_f64(values: Sequence[Any], vtype: int) -> npt.NDArray[np.float64]:
+    """Values as the read side sees them: ints through int64, bools as 0 and 1."""
+    if vtype == VT_I64:
+        return np.asarray(values, np.int64).astype(np.float64)
+    return np.asarray(values, np.float64)
 
 
 def encode_chunk(
@@ -207,7 +241,8 @@ def encode_chunk(
 ) -> tuple[bytes, ChunkStats]:
     """One chunk of 1..2**32-1 numeric points (``value_type`` must accept ``values``); ``x``:
     the steps and times already encoded by ``_x_part`` (shared by every key of a batch).
-    Columns may be lists or numpy arrays (then ``vtype`` must be given)."""
+    Columns may be lists or numpy arrays (then ``vtype`` must be given).  Chunks of more than
+    ``CELL`` points get cells."""
     n = len(values)
     if not 0 < n == len(steps) == len(times) < 2**32:
         raise ValueError(f"chunk columns differ in length or are empty: {len(steps)}, {len(times)}, {n}")
@@ -215,7 +250,7 @@ def encode_chunk(
         vtype = value_type(values)
         if vtype is None:
             raise ValueError("chunk values must be int64, float or bool")
-    xenc, first, stride, xbytes = x or _x_part(steps, times)
+    xenc, first, stride, xbytes, xcells = x or _x_part(steps, times)
     if vtype == VT_F64:
         vbytes = shuffle8(np.asarray(values, np.float64))
     elif vtype == VT_I64:
@@ -227,10 +262,73 @@ def encode_chunk(
         vbytes += bytes(map(_TAGS.__getitem__, map(type, values)))
     raw = xbytes + vbytes
     body = _zstd()[0].compress(raw)
-    head = bytearray(HEADER.pack(MAGIC, 0, vtype, xenc, 0, n, first, stride, len(raw), 0))
-    crc = rec.crc32c(body, rec.crc32c(memoryview(head)[CRC_START:]))
+    st = stats(steps, times, values, vtype)
+    sec_body = b""
+    if xcells is not None:
+        # Finite values no CELL of which can overflow (most metrics): no NaN or overflow checks.
+        lo, hi = st.min, st.max
+        clean = not st.nans and lo is not None and hi is not None and max(-lo, hi) * cc.CELL < 1e308
+        sec_body = cc.section_body(xcells, _as_f64(values, vtype), _zstd_cells(), clean)
+    cell = cc.CELL if sec_body else 0
+    cells_len = 4 + len(sec_body) if cell else 0  # the section: its CRC, then the body
+    head = bytearray(HEADER.pack(MAGIC, 0, vtype, xenc, cell, n, first, stride, len(raw), cells_len))
+    fields = memoryview(head)[CRC_START:]
+    sec = cc.section(fields, sec_body) if cell else b""
+    crc = rec.crc32c(body, rec.crc32c(sec, rec.crc32c(fields)))
     struct.pack_into("<I", head, 4, crc)
-    return bytes(head) + body, stats(steps, times, values, vtype)
+    return bytes(head) + sec + body, st
+
+
+class Header(NamedTuple):
+    vtype: int
+    xenc: int
+    cell: int
+    points: int
+    first_step: int
+    stride: int
+    raw_len: int
+    cells_len: int
+
+    @property
+    def payload_at(self) -> int:
+        return HEADER_SIZE + self.cells_len
+
+
+def check_header(mv: memoryview, what: str) -> Header:
+    """The header of the chunk ``mv``, checked with the whole blob (magic, CRC, layout,
+    lengths); ChunkCorrupt naming ``what`` otherwise."""
+    if len(mv) < HEADER_SIZE:
+        raise ChunkCorrupt(f"{what}: {len(mv)} bytes is shorter than a chunk header")
+    magic, crc, *fields = HEADER.unpack_from(mv)
+    h = Header(*fields)
+    if magic not in (MAGIC, MAGIC_V1):
+        raise ChunkCorrupt(f"{what}: bad magic {bytes(magic)!r}")
+    if rec.crc32c(mv[CRC_START:]) != crc:
+        raise ChunkCorrupt(f"{what}: CRC-32C mismatch (the blob is damaged)")
+    known = h.vtype in (VT_F64, VT_I64, VT_BOOL, VT_MIXED) and h.xenc in (XENC_EXPLICIT, XENC_STRIDE)
+    if not known or h.points == 0:
+        raise ChunkCorrupt(f"{what}: unknown layout vtype={h.vtype} xenc={h.xenc} count={h.points}")
+    if h.raw_len != _raw_len(h.vtype, h.xenc, h.points):
+        raise ChunkCorrupt(f"{what}: payload length {h.raw_len} does not fit {h.points} points")
+    # A section holds its CRC, zlen and at most the uncompressed arrays.
+    most = cc.SECTION_HEAD.size + cc.records_len(h.points, h.xenc == XENC_EXPLICIT, h.cell)
+    fits = cc.SECTION_HEAD.size < h.cells_len <= most if h.cell else h.cells_len == 0
+    if (magic == MAGIC_V1 and h.cell) or not fits:
+        raise ChunkCorrupt(f"{what}: cell section of {h.cells_len} bytes does not fit {h.points} points")
+    if len(mv) <= h.payload_at:
+        raise ChunkCorrupt(f"{what}: {len(mv)} bytes leaves no room for the points")
+    return h
+
+
+def payload(mv: memoryview, h: Header, what: str) -> bytes:
+    """The decompressed payload of a chunk whose header ``check_header`` accepted."""
+    try:
+        raw = _zstd()[1].decompress(mv[h.payload_at :], max_output_size=h.raw_len)
+    except zstandard.ZstdError as e:
+        raise ChunkCorrupt(f"{what}: zstd: {e}") from None
+    if len(raw) != h.raw_len:
+        raise ChunkCorrupt(f"{what}: payload is {len(raw)} bytes, header says {h.raw_len}")
+    return raw
 
 
 def _raw_len(vtype: int, xenc: int, n: int) -> int:
@@ -243,23 +341,9 @@ def _raw_len(vtype: int, xenc: int, n: int) -> int:
 def decode_chunk(blob: bytes | memoryview, what: str = "chunk") -> Chunk:
     """The points of a chunk; ChunkCorrupt (naming ``what``) if any check fails."""
     mv = memoryview(blob)
-    if len(mv) < HEADER_SIZE:
-        raise ChunkCorrupt(f"{what}: {len(mv)} bytes is shorter than a chunk header")
-    magic, crc, vtype, xenc, _, n, first, stride, raw_len, _ = HEADER.unpack_from(mv)
-    if magic != MAGIC:
-        raise ChunkCorrupt(f"{what}: bad magic {bytes(magic)!r}")
-    if rec.crc32c(mv[CRC_START:]) != crc:
-        raise ChunkCorrupt(f"{what}: CRC-32C mismatch (the blob is damaged)")
-    if vtype not in (VT_F64, VT_I64, VT_BOOL, VT_MIXED) or xenc not in (XENC_EXPLICIT, XENC_STRIDE) or n == 0:
-        raise ChunkCorrupt(f"{what}: unknown layout vtype={vtype} xenc={xenc} count={n}")
-    if raw_len != _raw_len(vtype, xenc, n):
-        raise ChunkCorrupt(f"{what}: payload length {raw_len} does not fit {n} points")
-    try:
-        raw = _zstd()[1].decompress(mv[HEADER_SIZE:], max_output_size=raw_len)
-    except zstandard.ZstdError as e:
-        raise ChunkCorrupt(f"{what}: zstd: {e}") from None
-    if len(raw) != raw_len:
-        raise ChunkCorrupt(f"{what}: payload is {len(raw)} bytes, header says {raw_len}")
+    h = check_header(mv, what)
+    n, vtype, xenc, first, stride = h.points, h.vtype, h.xenc, h.first_step, h.stride
+    raw = payload(mv, h, what)
     pos = 0
 
     def col(code: str) -> list[Any]:

@@ -10,8 +10,9 @@ widths, and a grain's statistics go to the bucket holding its midpoint:
 
 * whole, from the statistics stored beside it (count, NaNs, min, max, sum): its blob is not even
   read.  10^7 points in 1,000 buckets are ~2,500 rows of statistics;
-* by cells of 64 points (``chunk_arrays.py``), kept in a cache once the chunk has been decoded:
-  10^6 points in 1,000 buckets decode once, then cost ~16,000 cells per request;
+* by cells of 64 points (``chunk_cells.py``), read from the front of the chunk's blob without
+  decompressing it (chunks written before cells were stored are decoded, their cells computed),
+  then kept in a cache: 10^6 points in 1,000 buckets cost ~16,000 cells per request;
 * point by point, when even cells are too coarse (a series of fewer than ~32 points per bucket,
   cheap because short) and for the chunks the requested range's ends cut through;
 * every point, exactly, when the range holds no more points than buckets.
@@ -29,16 +30,20 @@ to fetch blobs; any thread may call them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from . import chunk_arrays as ca
+from . import chunk_cells as cc
 
 X_AXES = ("_step", "_runtime", "_timestamp")
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 SNAP_SPAN = 2.0  # a chunk or cell spanning at most this many bucket widths is taken whole
 MAX_BUCKETS = 10_000
 
@@ -85,12 +90,6 @@ class Axis:
     @property
     def steps(self) -> bool:
         return self.name == "_step"
-
-    def span(self, c: ChunkRow) -> tuple[float, float]:
-        if self.steps:
-            return c.first_step, c.last_step
-        a, b = c.first_time - self.offset, c.last_time - self.offset
-        return (a, b) if a <= b else (b, a)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,24 +214,50 @@ def _masked(a: F64, has: Any) -> list[float | None]:
     return vals
 
 
-def rows_as_cells(rows: Sequence[ChunkRow], xspans: Sequence[tuple[float, float]], y: YMap) -> ca.Cells:
-    """Whole chunks as one cell each, from the statistics stored beside them."""
-    spans = np.array(xspans, np.float64).reshape(-1, 2)
-    count = np.array([r.points for r in rows], np.int64)
-    valid = count - np.array([r.nans for r in rows], np.int64)
-    mn = np.array([np.inf if r.min is None else r.min for r in rows]) - y.shift
-    mx = np.array([-np.inf if r.max is None else r.max for r in rows]) - y.shift
+def _col(rows: Sequence[ChunkRow], i: int, dtype: Any) -> Any:
+    """Field ``i`` of every row as an array (None, a NaN statistic, reads as NaN)."""
+    return np.fromiter(map(itemgetter(i), rows), dtype, len(rows))
+
+
+def spans(rows: Sequence[ChunkRow], axis: Axis) -> tuple[Any, Any]:
+    """Each row's x range as two arrays (int64 steps, or float64 times in the axis's units):
+    a series of 10^7 points has thousands of chunks, too many for a Python loop per request."""
+    if axis.steps:
+        return _col(rows, 1, np.int64), _col(rows, 2, np.int64)
+    t0, t1 = _col(rows, 3, np.float64) - axis.offset, _col(rows, 4, np.float64) - axis.offset
+    return np.minimum(t0, t1), np.maximum(t0, t1)
+
+
+def rows_as_cells(rows: Sequence[ChunkRow], a: Any, b: Any, y: YMap) -> ca.Cells:
+    """Whole chunks as one cell each (x from ``a`` to ``b``), from the statistics stored beside them."""
+    count = _col(rows, 5, np.int64)
+    valid = count - _col(rows, 6, np.int64)
+    mn, mx = _col(rows, 7, np.float64), _col(rows, 8, np.float64)  # NaN: every value NaN
+    mn[np.isnan(mn)], mx[np.isnan(mx)] = np.inf, -np.inf
     # Stored sums are of the non-NaN values (0 when there are none); NULL is +inf plus -inf.
-    sm = np.array([np.nan if r.sum is None else r.sum for r in rows]) - y.shift * valid
-    return ca.Cells(spans[:, 0].copy(), spans[:, 1].copy(), count, valid, mn, mx, sm)
+    sm = _col(rows, 9, np.float64) - y.shift * valid
+    x0, x1 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return ca.Cells(x0, x1, count, valid, mn - y.shift, mx - y.shift, sm)
+
+
+def stored_as_cells(s: cc.StoredCells, axis: Axis, y: YMap) -> ca.Cells:
+    """Chunks' stored cells in this axis's x and this key's y (``y.from_steps`` is not)."""
+    if axis.steps:
+        x0, x1 = s.step_min.astype(np.float64), s.step_max.astype(np.float64)
+    else:  # subtracting keeps the order, so these are the min and max of each cell's x
+        x0, x1 = s.time_min - axis.offset, s.time_max - axis.offset
+    mn, mx, sm = s.mn, s.mx, s.sum
+    if y.shift:
+        mn, mx, sm = mn - y.shift, mx - y.shift, sm - y.shift * s.valid
+    return ca.Cells(x0, x1, s.points, s.valid, mn, mx, sm)
 
 
 def bounds(rows: Sequence[ChunkRow], axis: Axis) -> tuple[float, float] | None:
     """The x range the rows cover (None when there are none)."""
     if not rows:
         return None
-    spans = [axis.span(r) for r in rows]
-    return min(a for a, _ in spans), max(b for _, b in spans)
+    a, b = spans(rows, axis)
+    return a.min().item(), b.max().item()
 
 
 def downsample(
@@ -246,17 +271,20 @@ def downsample(
     y: YMap = YMap(),
     what: str = "series",
     cache: ca.CellCache | None = None,
+    fetch_prefix: Callable[[Sequence[ChunkRow]], dict[int, bytes]] | None = None,
 ) -> Series:
     """The points of ``rows`` (a series' chunks overlapping [lo, hi], any order) with x in
     [lo, hi], in ``n`` buckets, or exact when there are no more than ``n`` of them.
     ``fetch(chunk_ids)`` returns those chunks' blobs; only chunks that are decoded are fetched.
-    With a ``cache``, decoded chunks leave their cells there for the next request."""
+    ``fetch_prefix(rows)``: at least the first ``chunk_arrays.prefix_len(row.points)`` bytes of
+    those chunks' blobs, where their stored cells are.  With a ``cache``, the cells used are kept
+    there for the next request."""
     if not 1 <= n <= MAX_BUCKETS:
         raise ValueError(f"buckets must be in [1, {MAX_BUCKETS}], not {n}")
     # +inf and -inf in one sum make NaN, and huge values overflow to inf: both are answers here
     # (a NaN mean, an infinite sum), not mistakes.
     with np.errstate(invalid="ignore", over="ignore"):
-        return _downsample(key, rows, fetch, n, axis, lo, hi, y, what, cache)
+        return _downsample(key, rows, fetch, n, axis, lo, hi, y, what, cache, fetch_prefix)
 
 
 def _downsample(
@@ -270,19 +298,19 @@ def _downsample(
     y: YMap,
     what: str,
     cache: ca.CellCache | None,
+    fetch_prefix: Callable[[Sequence[ChunkRow]], dict[int, bytes]] | None,
 ) -> Series:
-    inside: list[ChunkRow] = []
-    spans: list[tuple[float, float]] = []  # of the rows inside
-    cut: list[ChunkRow] = []
-    for r in rows:
-        a, b = span = axis.span(r)
-        if b < lo or a > hi:
-            continue
-        if lo <= a and b <= hi:
-            inside.append(r)
-            spans.append(span)
-        else:
-            cut.append(r)
+    a, b = spans(rows, axis)
+    if axis.steps:  # steps are integers: compared exactly, with the range's integer ends
+        lo_x: Any = min(max(math.ceil(lo), I64_MIN), I64_MAX)
+        hi_x: Any = min(max(math.floor(hi), I64_MIN), I64_MAX)
+    else:
+        lo_x, hi_x = lo, hi
+    near = (b >= lo_x) & (a <= hi_x)
+    within = near & (a >= lo_x) & (b <= hi_x)
+    cut = [rows[i] for i in np.flatnonzero(near & ~within).tolist()]
+    ins = np.flatnonzero(within)
+    inside = [rows[i] for i in ins.tolist()]
 
     def decode(rs: Sequence[ChunkRow]) -> Iterator[tuple[ChunkRow, Any, F64]]:
         blobs = fetch([r.id for r in rs]) if rs else {}
@@ -298,31 +326,48 @@ def _downsample(
     for _, x, v in decode(cut):
         keep = (x >= lo) & (x <= hi)
         points.append((x[keep], v[keep]))
-    if sum(r.points for r in inside) + sum(len(x) for x, _ in points) <= n:  # short: every point
+    if int(_col(inside, 5, np.int64).sum()) + sum(len(x) for x, _ in points) <= n:  # short: every point
         points += [(x, v) for _, x, v in decode(inside)]
         return _exact(key, points, axis.steps)
     acc = _Acc(lo, hi, n, axis.steps)
     limit = SNAP_SPAN * acc.width
-    whole: list[ChunkRow] = []  # taken whole from their statistics
-    whole_spans: list[tuple[float, float]] = []
-    fine: list[ChunkRow] = []  # through their cells
-    coarse: list[ChunkRow] = []  # point by point
-    for r, (a, b) in zip(inside, spans, strict=True):
-        if b - a <= limit and not y.from_steps:
-            whole.append(r)
-            whole_spans.append((a, b))
-        elif cache is not None and (b - a) * ca.CELL / r.points <= limit:
-            fine.append(r)
-        else:
-            coarse.append(r)
-    cells = [rows_as_cells(whole, whole_spans, y)] if whole else []
+    wide = b[ins].astype(np.float64) - a[ins].astype(np.float64)
+    # Taken whole from their statistics; through their cells; point by point.
+    whole = wide <= limit if not y.from_steps else np.zeros(len(ins), bool)
+    by_cells = ~whole & (wide * ca.CELL / np.maximum(_col(inside, 5, np.int64), 1) <= limit)
+    fine = [inside[i] for i in np.flatnonzero(by_cells).tolist()]
+    coarse = [inside[i] for i in np.flatnonzero(~whole & ~by_cells).tolist()]
+    cells = []
+    if whole.any():
+        w = ins[whole]
+        cells.append(rows_as_cells([rows[i] for i in w.tolist()], a[w], b[w], y))
+    stored: list[ca.CellRecords] = []  # read from the chunks (any axis, any y but steps)
     missing = []
     for r in fine:
-        c = cache.get((r, axis, y)) if cache is not None else None
-        if c is None:
-            missing.append(r)
-        else:
+        c = None
+        if cache is not None:
+            c = cache.get(r) if not y.from_steps else None  # y = steps: not in the records
+            c = c or cache.get((r, axis, y))  # computed from the points
+        if isinstance(c, ca.CellRecords):
+            stored.append(c)
+        elif c is not None:
             cells.append(c)
+        else:
+            missing.append(r)
+    if missing and fetch_prefix is not None and not y.from_steps:
+        prefixes = fetch_prefix(missing)
+        unstored = []
+        for r in missing:
+            got = ca.read_records(prefixes[r.id], f"{what} chunk {r.id}")
+            if got is None:  # written before chunks held cells: decoded below
+                unstored.append(r)
+                continue
+            stored.append(got)
+            if cache is not None:
+                cache.put(r, got)
+        missing = unstored
+    if stored:
+        cells.append(stored_as_cells(ca.join_records(stored), axis, y))
     todo = set(missing)
     for r, x, v in decode(missing + coarse):
         if r in todo:

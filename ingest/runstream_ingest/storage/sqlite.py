@@ -79,8 +79,8 @@ class SqliteStorage:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._closed = False
-        # Ids of rows that are never deleted, valid while no transaction that created them rolls
-        # back (``_rollback`` forgets them all).
+        # Ids of rows, valid while no transaction that created them rolls back (``_rollback``
+        # forgets them all) and their run is not deleted (``forget_run``).
         self._run_ids: dict[tuple[str, str, str], int] = {}
         self._series_ids: dict[tuple[int, int, str], int] = {}
         try:
@@ -213,6 +213,14 @@ class SqliteStorage:
             out[n] = sid
         return out
 
+    def forget_run(self, entity: str, project: str, run_id: str) -> None:
+        """Forget the row ids cached for a run and its series: a deleted run's ids may be reused.
+        Called by the writer (``SqliteQueries.delete_run``, inside its transaction)."""
+        with self._wlock:
+            rid = self._run_ids.pop((entity, project, run_id), None)
+            # A run whose id was not cached may still have its series cached: forget them all.
+            self._series_ids = {k: v for k, v in self._series_ids.items() if rid is not None and k[0] != rid}
+
     # --- writing -----------------------------------------------------------------------------
     def open_run(self, entity: str, project: str, run_id: str, writer_id: str, resume: str) -> OpenedRun:
         if resume not in RESUME_MODES:
@@ -241,18 +249,25 @@ class SqliteStorage:
                 writers = dict(
                     c.execute("SELECT writer_id, acked_seq FROM writers WHERE run = ?", (rid,)).fetchall()
                 )
-                others = sorted(w for w, acked in writers.items() if w != writer_id and acked > 0)
+                others = sorted(
+                    w
+                    for w, acked in writers.items()
+                    if w != writer_id and acked > 0 and not w.endswith(rec.COMPANION_WRITER_SUFFIX)
+                )
                 if resume == "never" and others:
                     raise RunExists(path, others)
                 # A new writer resumes the run: it runs again until its own EXIT.  A writer
-                # coming back only revives a run the janitor (not an EXIT) declared crashed.
-                revive = "1" if writer_id not in writers else "ended_by = 'stale'"
-                c.execute(
-                    "UPDATE runs SET state = 'running', ended_by = NULL, exit_code = NULL,"
-                    " finished_at = NULL"
-                    f" WHERE id = ? AND ({revive})",
-                    (rid,),
-                )
+                # coming back only revives a run the janitor (not an EXIT) declared crashed.  A
+                # companion (the sidecar's own writer) never changes the run's state: its last
+                # console lines may well arrive after the producer's EXIT.
+                if resume != "companion":
+                    revive = "1" if writer_id not in writers else "ended_by = 'stale'"
+                    c.execute(
+                        "UPDATE runs SET state = 'running', ended_by = NULL, exit_code = NULL,"
+                        " finished_at = NULL"
+                        f" WHERE id = ? AND ({revive})",
+                        (rid,),
+                    )
                 c.execute("UPDATE runs SET heartbeat_at = max(heartbeat_at, ?) WHERE id = ?", (now, rid))
             c.execute(
                 "INSERT OR IGNORE INTO writers(run, writer_id, acked_seq, opened_at) VALUES (?,?,0,?)",

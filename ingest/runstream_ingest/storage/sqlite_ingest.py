@@ -340,7 +340,12 @@ def _file(store: SqliteStorage, c: sqlite3.Connection, rid: int, r: rec.Record) 
         return False
     size = body.get("size")
     c.execute(
-        "INSERT OR REPLACE INTO files(run, path, sha256, size, policy, time) VALUES (?,?,?,?,?,?)",
+        # A save request (no sha256) must not hide an uploaded version that came first on the
+        # companion's stream: the two writers' records are not ordered with each other.
+        "INSERT INTO files(run, path, sha256, size, policy, time) VALUES (?,?,?,?,?,?) "
+        "ON CONFLICT(run, path) DO UPDATE SET sha256 = coalesce(excluded.sha256, sha256), "
+        "size = coalesce(excluded.size, size), policy = coalesce(excluded.policy, policy), "
+        "time = max(time, excluded.time)",
         (rid, body["path"], opt_str(body.get("sha256")), size if isinstance(size, int) else None,
          opt_str(body.get("policy")), r.time),
     )  # fmt: skip

@@ -13,16 +13,18 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from runstream import records as rec
 
+from . import chunk_arrays as ca
 from . import series as sr
 from .base import (
     MetricStats,
     RunBusy,
+    RunFold,
     RunGroup,
     RunInfo,
     RunNotFound,
@@ -252,6 +254,15 @@ class SqliteQueries:
                     )
                 return out
 
+            def fetch_prefix(rows: Sequence[sr.ChunkRow]) -> dict[int, bytes]:
+                # Incremental blob I/O reads the first pages of each blob only: the cells, not
+                # the compressed points behind them (a fifth of the time of whole blobs).
+                out: dict[int, bytes] = {}
+                for r in rows:
+                    with c.blobopen("chunks", "data", r.id, readonly=True) as blob:
+                        out[r.id] = blob.read(ca.prefix_len(r.points))
+                return out
+
             out = {}
             for k in keys:
                 if k not in rows or lo is None or hi is None:
@@ -259,7 +270,9 @@ class SqliteQueries:
                     continue
                 y = sr.YMap(shift=start if k == "_runtime" else 0.0, from_steps=k == "_step")
                 what = f"run {path} key {k!r}"
-                out[k] = sr.downsample(k, rows[k], fetch, buckets, axis, lo, hi, y, what, self.cells)
+                out[k] = sr.downsample(
+                    k, rows[k], fetch, buckets, axis, lo, hi, y, what, self.cells, fetch_prefix
+                )
         return out
 
     def _chunk_rows(
@@ -279,7 +292,7 @@ class SqliteQueries:
                 " AND min(first_time, last_time) <= ? AND max(first_time, last_time) >= ?"
             )
             params = (sid, b_t, a_t)
-        return [sr.ChunkRow(*r) for r in c.execute(q, params)]
+        return list(map(sr.ChunkRow._make, c.execute(q, params)))
 
     # --- the run editor (writer thread) ------------------------------------------------------
     @contextmanager
@@ -303,15 +316,13 @@ class SqliteQueries:
         path = run_path(entity, project, run_id)
         with self._write(f"editing run {path}") as c:
             rid, _, meta_blob = self._run_row(c, entity, project, run_id)
-            # The run's metadata fold reads ``meta``: an edit there survives the next batch (a
-            # later RUN record from the program that sets the same field wins, as it would offline).
-            meta = rec.unpack_body(meta_blob)
+            # The run's metadata fold reads ``meta``: an edit there survives the next batch, and
+            # wins over the program's later RUN records (``RunFold.edit``).
             sets: dict[str, Any] = {}
-            for k in ("name", "notes", "tags"):
+            for k in RunFold.EDITABLE:
                 if k in changes:
-                    meta[k] = changes[k]
                     sets[k] = rec.pack_body(changes[k]) if k == "tags" else changes[k]
-            sets["meta"] = rec.pack_body(meta)
+            sets["meta"] = rec.pack_body(RunFold.edit(rec.unpack_body(meta_blob), changes))
             c.execute(
                 f"UPDATE runs SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?", (*sets.values(), rid)
             )
@@ -331,16 +342,8 @@ class SqliteQueries:
                           "writers"):  # fmt: skip
                 c.execute(f"DELETE FROM {table} WHERE run = ?", (rid,))
             c.execute("DELETE FROM runs WHERE id = ?", (rid,))
-            _forget_ids(self.storage)
+            self.storage.forget_run(entity, project, run_id)
 
 
 def _id_filter(run_id: str) -> Node:
     return Cond(Field("column", "id"), "$eq", run_id)
-
-
-def _forget_ids(storage: Any) -> None:
-    """The storage caches row ids of runs and series for its writer; a deleted run's must go."""
-    for name in ("_run_ids", "_series_ids"):
-        cache: Callable[[], None] | None = getattr(getattr(storage, name, None), "clear", None)
-        if cache is not None:
-            cache()

@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS chunks(
     count INTEGER NOT NULL, nans INTEGER NOT NULL, min REAL, max REAL, sum REAL, first REAL, last REAL,
     data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks(series, first_step);
+-- A chart reads every statistic of thousands of chunks: from this index that is a few dozen
+-- pages, from the table a page per chunk (each holds the start of its blob).
+CREATE INDEX IF NOT EXISTS chunks_stats ON chunks(
+    series, first_step, last_step, first_time, last_time, count, nans, min, max, sum);
 CREATE TABLE IF NOT EXISTS history_values(
     run INTEGER NOT NULL, step INTEGER NOT NULL, series INTEGER NOT NULL, time REAL NOT NULL,
     value BLOB NOT NULL, PRIMARY KEY(run, step, series)) WITHOUT ROWID;

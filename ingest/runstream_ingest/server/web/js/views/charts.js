@@ -4,7 +4,8 @@
 //
 // Each section fetches its keys' buckets when it is first opened (one request for all its keys
 // and runs); zooming refetches buckets for the zoomed range, so detail appears instead of
-// stretched buckets.
+// stretched buckets.  A live run that starts logging a key later gets its panel (and section)
+// when the key first shows in its summary.
 
 import { api } from "../api.js";
 import { h } from "../dom.js";
@@ -33,8 +34,18 @@ function buckets() {
   return Math.max(200, Math.min(1000, Math.round(window.innerWidth / 2)));
 }
 
-/** runs: [{id, label, color}]; keys: metric keys in display order.  Returns {el, refresh(ids), destroy()}. */
-export function chartsView(entity, project, runs, keys) {
+/** The chartable keys of a run: its history keys in logged order (else its numeric summary keys),
+ * as run.js's chartKeys picks them when the view opens. */
+async function chartKeys(entity, project, run) {
+  const k = await api.runKeys(entity, project, run.id).catch(() => null);
+  const keys = k ?? Object.keys(run.summary || {}).filter((key) => typeof run.summary[key] === "number");
+  return keys.filter((key) => !key.startsWith("_"));
+}
+
+/** runs: [{id, label, color}]; keys: metric keys in display order.  Returns {el, refresh(ids, run), destroy()}. */
+export function chartsView(entity, project, runs, initialKeys) {
+  const keys = [...initialKeys];
+  const known = new Set(keys); // summary keys already looked for among the runs' history keys
   const p = url.params();
   const st = {
     x: X_AXES.some(([v]) => v === p.x) ? p.x : "_step",
@@ -109,6 +120,21 @@ export function chartsView(entity, project, runs, keys) {
     for (const pn of s.panels) pn.setRuns(runs.map((r) => ({ ...r, s: data[r.id]?.[pn.opts.key] })));
   }
 
+  const newPanel = (k) => new Panel({ key: k, xAxis: st.x, logY: st.logY, smoothing: st.smooth, xRange: st.zoom, onZoom: zoomTo });
+
+  function addSection(name, ks, open) {
+    const s = { name, keys: [...ks], loaded: false, status: h("span", { class: "muted" }) };
+    s.panels = ks.map(newPanel);
+    s.count = h("span", { class: "muted" }, `(${ks.length})`);
+    s.grid = h("div", { class: "grid" }, s.panels.map((pn) => pn.el));
+    const det = h("details", { class: "section", open, dataset: { testid: "section", section: name } }, h("summary", {}, `${name} `, s.count, " ", s.status), s.grid);
+    det.addEventListener("toggle", () => det.open && !s.loaded && load(s));
+    s.details = det;
+    sections.push(s);
+    body.append(det);
+    if (open) load(s);
+  }
+
   function rebuild() {
     for (const pn of panels()) pn.destroy();
     sections.length = 0;
@@ -117,25 +143,49 @@ export function chartsView(entity, project, runs, keys) {
       body.append(h("p", { class: "muted" }, "No metrics logged yet."));
       return;
     }
-    const all = sectionsOf(keys);
     let first = true;
-    for (const [name, ks] of all) {
-      const s = { name, keys: ks, loaded: false, status: h("span", { class: "muted" }) };
-      s.panels = ks.map((k) => new Panel({ key: k, xAxis: st.x, logY: st.logY, smoothing: st.smooth, xRange: st.zoom, onZoom: zoomTo }));
-      const open = first || keys.length <= OPEN_ALL_BELOW;
-      const det = h(
-        "details",
-        { class: "section", open, dataset: { testid: "section", section: name } },
-        h("summary", {}, `${name} `, h("span", { class: "muted" }, `(${ks.length})`), " ", s.status),
-        h("div", { class: "grid" }, s.panels.map((pn) => pn.el)),
-      );
-      det.addEventListener("toggle", () => det.open && !s.loaded && load(s));
-      s.details = det;
-      sections.push(s);
-      body.append(det);
-      if (open) load(s);
+    for (const [name, ks] of sectionsOf(keys)) {
+      addSection(name, ks, first || keys.length <= OPEN_ALL_BELOW);
       first = false;
     }
+  }
+
+  /** Keys that appeared after the view opened: a panel each, in their section (made if new). */
+  function addKeys(fresh) {
+    fresh = [...new Set(fresh)].filter((k) => !keys.includes(k));
+    if (!fresh.length) return;
+    const wasEmpty = !keys.length;
+    keys.push(...fresh);
+    if (wasEmpty) return rebuild();
+    for (const [name, ks] of sectionsOf(fresh)) {
+      const s = sections.find((x) => x.name === name);
+      if (!s) {
+        addSection(name, ks, keys.length <= OPEN_ALL_BELOW);
+        continue;
+      }
+      const pns = ks.map(newPanel);
+      s.keys.push(...ks);
+      s.panels.push(...pns);
+      s.grid.append(...pns.map((pn) => pn.el));
+      s.count.textContent = `(${s.keys.length})`;
+      if (s.details.open) load(s);
+      else s.loaded = false; // opening it fetches every key, the new ones too
+    }
+  }
+
+  /** Looks for new keys where a run's summary (the live event's run JSON) names a key not seen
+   * yet; when polling (no run JSON), in every run's history keys. */
+  async function discover(changed, run) {
+    const jsons = changed ? runs.map((r) => changed.get(r.id)) : runs.map((r) => (run && run.id === r.id ? run : null));
+    const todo = runs.filter((r, i) => {
+      const j = jsons[i];
+      if (!j) return !changed && !run;
+      return Object.keys(j.summary || {}).some((k) => !k.startsWith("_") && !known.has(k));
+    });
+    for (const j of jsons) for (const k of Object.keys(j?.summary || {})) known.add(k);
+    if (!todo.length) return;
+    const lists = await Promise.all(todo.map((r) => chartKeys(entity, project, jsons[runs.indexOf(r)] || { id: r.id })));
+    addKeys(lists.flat());
   }
 
   legend.replaceChildren(...runs.map((r) => h("span", {}, h("span", { class: "swatch", style: { background: r.color } }), r.label)));
@@ -143,10 +193,13 @@ export function chartsView(entity, project, runs, keys) {
   rebuild();
   return {
     el,
-    /** New data arrived for these runs (null: any): refetch what is shown, unless zoomed in. */
-    refresh(ids) {
-      if (st.zoom) return;
+    /** New data arrived for these runs (a Map of run id -> run JSON; null: any, and `run` the
+     * run's JSON when known): new keys get their panels; what is shown is refetched, unless
+     * zoomed in. */
+    async refresh(ids, run) {
       if (ids && !runs.some((r) => ids.has(r.id))) return;
+      await discover(ids, run);
+      if (st.zoom) return;
       for (const s of sections) if (s.loaded && s.details.open) load(s);
     },
     destroy() {
