@@ -50,6 +50,8 @@ bench: install
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/query_latency.py
+	$(BIN)/python bench/context_overhead.py
+	$(BIN)/python bench/file_upload.py
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py

@@ -9,6 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from .support.server import ServerProc, start_server
+
 ENV_PREFIXES = ("RUNSTREAM_", "WANDB_")
 
 
@@ -50,3 +52,11 @@ def finish_active_run() -> Iterator[None]:
     import runstream
 
     runstream.finish()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProc]:
+    """A real server on 127.0.0.1 for one test, stopped after it."""
+    srv = start_server(tmp_path / "server")
+    yield srv
+    srv.stop()

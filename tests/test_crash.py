@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -18,16 +17,9 @@ import pytest
 import runstream
 
 from .conftest import sidecars_under
+from .support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def script(tmp_path: Path, body: str) -> subprocess.Popen[bytes]:

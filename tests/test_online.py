@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ import runstream
 
 from .conftest import sidecars_under
 from .support.server import ServerProc, start_server
+from .support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,21 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProc]:
-    srv = start_server(tmp_path / "server")
-    yield srv
-    srv.stop()
 
 
 def script(tmp_path: Path, body: str, url: str, name: str = "train") -> subprocess.Popen[bytes]:

@@ -32,7 +32,26 @@ def test_defaults(tmp_path: Path) -> None:
     assert (s.finish_timeout, s.sidecar_memory, s.zstd_level, s.stats_interval) == (60.0, 256 * MiB, 3, 2.0)
     assert Settings.names()[:3] == ("mode", "root_dir", "project")
     assert set(Settings.names()) == set(s.as_dict())
-    assert len(Settings.names()) == 23
+    assert (s.disable_stats, s.console, s.disable_code, s.disable_git, s.save_code) == (
+        False, "auto", False, False, False,
+    )  # fmt: skip
+    assert s.ignore_globs == ()
+    assert len(Settings.names()) == 29
+
+
+def test_context_capture_settings_read_runstream_and_wandb_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WANDB_DISABLE_CODE", "true")
+    monkeypatch.setenv("RUNSTREAM_IGNORE_GLOBS", "*.ckpt, secrets/*")
+    monkeypatch.setenv("WANDB_CONSOLE", "wrap_emu")
+    s = resolve_settings(settings={"x_stats_sampling_interval": 0.5})
+    assert s.disable_code is True and s.ignore_globs == ("*.ckpt", "secrets/*")
+    assert s.console == "wrap" and s.stats_interval == 0.5
+    with pytest.raises(SettingsError, match=r"stats_interval=0.05 .*at least 0.1 seconds"):
+        resolve_settings(settings={"stats_interval": 0.05})
+    with pytest.raises(SettingsError, match=r"console='tee'"):
+        resolve_settings(settings={"console": "tee"})
 
 
 def test_precedence_argument_settings_runstream_env_wandb_env(monkeypatch: pytest.MonkeyPatch) -> None:

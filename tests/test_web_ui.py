@@ -420,7 +420,7 @@ os.rename("id.tmp", "id")
 while not os.path.exists("more"):
     time.sleep(0.01)
 for i in range(10, 20):
-    run.log({"loss": 1.0 / (i + 1)})
+    run.log({"loss": 1.0 / (i + 1), **({"val/acc": i / 20} if i % 2 else {})})  # a key from step 11 on
 while not os.path.exists("stop"):
     time.sleep(0.01)
 run.finish()
@@ -445,7 +445,7 @@ def poll(cond: Callable[[], object], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_a_running_runs_chart_and_table_row_follow_its_data_within_2s(
+def test_a_running_runs_chart_and_table_row_follow_its_data_and_new_keys_within_2s(
     tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
 ) -> None:
     (tmp_path / "train.py").write_text(LIVE_SCRIPT)
@@ -468,9 +468,16 @@ def test_a_running_runs_chart_and_table_row_follow_its_data_within_2s(
                 assert len(panel_data(chart, "loss")["data"][0]) == 10
                 lengths = "() => document.querySelector('[data-key=\"loss\"]').__panel.u.data[0].length"
 
+                expect(chart.get_by_test_id("section")).to_have_count(1)
+
                 (tmp_path / "more").touch()
                 poll(lambda: api_run(srv.url, path).get("rows") == 20, 10, "the next rows on the server")
                 chart.wait_for_function(f"() => ({lengths})() === 20", timeout=2000)
+                # A key logged only from step 11 on gets its panel, in a section of its own, live.
+                acc = "() => document.querySelector('[data-key=\"val/acc\"]')?.__panel?.u?.data[0].length"
+                chart.wait_for_function(f"() => ({acc})() === 5", timeout=2000)
+                assert panel_data(chart, "val/acc")["data"][0] == [11, 13, 15, 17, 19]
+                expect(chart.locator('[data-testid="section"][data-section="val"]')).to_have_count(1)
 
                 (tmp_path / "stop").touch()
                 poll(lambda: api_run(srv.url, path).get("state") == "finished", 30, "the run to finish")
@@ -479,3 +486,87 @@ def test_a_running_runs_chart_and_table_row_follow_its_data_within_2s(
         finally:
             proc.kill()
             proc.wait()
+
+
+def test_the_system_tab_groups_the_samples_into_cpu_memory_disk_network_process_and_gpu_sections(
+    tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    from runstream import records as rec
+    from runstream_ingest.server.args import DB_NAME
+    from runstream_ingest.storage.base import KIND_SYSTEM
+    from runstream_ingest.storage.sqlite import SqliteStorage
+
+    from .support.browser import T0, Writer
+
+    sample = {"cpu": 40.0, "cpu.0": 30.0, "cpu.1": 50.0, "load.1": 1.5, "mem.used_mib": 900.0}
+    sample |= {"swap.pct": 0.0, "disk.free_gib": 70.0, "net.recv_mib_s": 2.0, "proc.rss_mib": 300.0}
+    sample |= {f"gpu.{g}.{k}": 10.0 * g + 1 for g in (0, 1) for k in ("util", "mem_used_mib", "temp_c")}
+    (tmp_path / "server").mkdir()
+    store = SqliteStorage(tmp_path / "server" / DB_NAME)
+    try:
+        w = Writer(store, "sys1", T0, "hw")
+        w.add(rec.KIND_RUN, {"name": "sys-run", "start_time": T0})
+        for i in range(12):
+            w.add(KIND_SYSTEM, {f"system/{k}": v + i for k, v in sample.items()}, t=T0 + 2 * i)
+        w.flush()
+    finally:
+        store.close()
+    with running_server(tmp_path / "server") as srv, open_page(browser, request) as page:
+        page.goto(f"{srv.url}/#/r/{ENTITY}/hw/sys1?tab=system")
+        sections = page.get_by_test_id("system-section")
+        expect(sections).to_have_count(8)
+        names = ["CPU", "CPU cores", "Memory", "Disk", "Network", "Process", "GPU 0", "GPU 1"]
+        assert [s.strip() for s in sections.locator("summary").all_inner_texts()] == names
+        gpu1 = sections.nth(7).get_by_test_id("panel")
+        expect(gpu1).to_have_count(3)
+        keys = sorted(gpu1.nth(i).get_attribute("data-key") or "" for i in range(3))
+        assert keys == [f"system/gpu.1.{k}" for k in ("mem_used_mib", "temp_c", "util")]
+        memory = sections.nth(2).get_by_test_id("panel")
+        assert {memory.nth(i).get_attribute("data-key") for i in range(2)} == {
+            "system/mem.used_mib",
+            "system/swap.pct",
+        }
+        util = panel_data(page, "system/gpu.1.util")["data"]
+        assert util[0] == [T0 + 2 * i for i in range(12)]
+        assert util[-1] == [11.0 + i for i in range(12)]
+
+
+CONSOLE_SCRIPT = """
+import sys, runstream
+run = runstream.init(project="cons", entity="acme", id="printer", settings={"console": "redirect"})
+print("epoch 1 done")
+print("something went wrong", file=sys.stderr)
+for i in range(101):
+    sys.stdout.write(f"\\r{i}%")
+print()
+run.finish()
+"""
+
+
+def test_the_console_tab_shows_a_real_runs_output_with_stderr_marked(
+    tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    (tmp_path / "train.py").write_text(CONSOLE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "WANDB_"))}
+    with running_server(tmp_path / "server") as srv:
+        env["RUNSTREAM_HOST"] = srv.url
+        done = subprocess.run(
+            [sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        assert b"something went wrong" in done.stderr  # the terminal still shows it
+        with open_page(browser, request) as page:
+            page.goto(f"{srv.url}/#/r/acme/cons/printer?tab=console")
+            view = page.get_by_test_id("console")
+            err = view.locator('.line[data-stream="stderr"]').filter(has_text="something went wrong")
+            expect(err).to_have_count(1)
+            expect(err).to_have_class("line stderr")
+            out = view.locator('.line[data-stream="stdout"]')
+            expect(out.filter(has_text="epoch 1 done")).to_have_count(1)
+            expect(view.locator(".line").filter(has_text="100%")).to_have_count(1)  # the bar: one line
+            assert view.locator(".line").filter(has_text="99%").count() == 0
+            look = "el => getComputedStyle(el).color + '|' + getComputedStyle(el).boxShadow"
+            out_look = out.first.evaluate(look)
+            err_look = err.evaluate(look)
+            assert out_look.split("|")[0] != err_look.split("|")[0]  # red text
+            assert out_look.split("|")[1] == "none" != err_look.split("|")[1]  # and a gutter bar

@@ -7,6 +7,11 @@ in order::
     RingReader.poll ─► Batcher.add ─► (due) Compressor ─► JournalWriter.append ─► RingReader.release
                                                              └─ group commit: sync() every ~1 s
 
+Beside it, the records the sidecar makes itself (system metrics, console, environment, files)
+go through its ``CompanionWriter`` (companion.py): a second writer of the run with its own seqs,
+journal and stream.  Each source of them is a ``Source``: started with the loop, closed (its last
+records written) before the companion's journal is closed.
+
 Invariants
 * Ring space is released only for records the journal writer has taken (written, or held in its
   memory while the disk fails), so a ``kill -9`` of the sidecar loses nothing: its successor
@@ -17,7 +22,8 @@ Invariants
   A producer that died is recorded as a crashed run.
 
 Concurrency contract: a ``Sidecar`` runs on one asyncio event loop (uvloop when available); the
-only other thread is the executor running ``JournalWriter.sync``.
+other threads are the executor running ``JournalWriter.sync`` and the console's tee writers
+(``console_capture.py``), which touch nothing but their own queues.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from runstream.ring import (
 )
 
 from .batcher import Batcher, Compressor
+from .companion import COMPANION_RESUME, COMPANION_SUFFIX, CompanionWriter, Source, companion_dir
 from .journal import CODEC_ZSTD, TYPE_BATCH, JournalWriter, encode_frame
 from .ring_reader import RingReader
 from .shipper import Identity, Shipper
@@ -67,6 +74,11 @@ log = logging.getLogger("runstream.sidecar")
 
 POLL_INTERVAL = 0.01  # the ring is polled this often once caught up (64 MiB lasts ~1 s at full rate)
 LIVENESS_EVERY = 0.2  # the producer's death is noticed within this
+# After IDLE_AFTER seconds without a record the poll slows to IDLE_POLL_INTERVAL: 100 empty polls a
+# second cost an idle sidecar ~2 % of a core (bench/context_overhead.py), 20 cost ~0.5 %.  The
+# first record after a pause waits at most that much longer; the ring holds minutes of it.
+IDLE_AFTER = 1.0
+IDLE_POLL_INTERVAL = 0.05
 FINAL_WRITE_TIMEOUT = 30.0  # at exit, how long to keep retrying a failing disk
 SUMMARY_BACKLOG = 256 << 20  # bytes of journaled batches waiting to be folded into the summary
 SUMMARY_SLICE = 0.004  # seconds of summary folding per caught-up pass
@@ -98,12 +110,23 @@ class Sidecar:
         self._unsummarised: deque[bytes] = deque()
         self._unsummarised_bytes = 0
         self._summary_replay = self.journal.last_seq > 0
+        self.companion = CompanionWriter(
+            run_dir, fsync=opts.fsync, batch_age=max(opts.batch_age, 0.05), zstd_level=opts.zstd_level
+        )
         self.shipper: Shipper | None = None
+        self.companion_shipper: Shipper | None = None
         if opts.url:
+            key = os.environ.get("RUNSTREAM_API_KEY")
             ident = Identity(opts.entity, opts.project, opts.run_id, opts.writer_id, opts.resume)
-            self.shipper = Shipper(
-                run_dir, ident, opts.url, os.environ.get("RUNSTREAM_API_KEY"), on_acked=self._acked
+            self.shipper = Shipper(run_dir, ident, opts.url, key, on_acked=self._acked)
+            cident = Identity(
+                opts.entity, opts.project, opts.run_id, opts.writer_id + COMPANION_SUFFIX, COMPANION_RESUME
             )
+            self.companion_shipper = Shipper(companion_dir(run_dir), cident, opts.url, key)
+            self.companion.on_cut.append(self.companion_shipper.wake)
+        self.sources: list[Source] = self.make_sources()
+        self._source_tasks: list[asyncio.Task[None]] = []
+        self._companion_shipping: asyncio.Task[None] | None = None
 
     def _lost_gap(self, first_seq: int) -> None:
         """Records below ``first_seq`` are neither in the journal nor in the ring: an earlier
@@ -157,6 +180,8 @@ class Sidecar:
                 self.write_config()
             elif r.kind == rec.KIND_EXIT:
                 self.exit_seen = True
+            elif r.kind == rec.KIND_FILE:  # runstream.save
+                self.files.request(r.value())
 
     def write_config(self) -> None:
         from runstream.rundir import write_text_atomic
@@ -189,6 +214,8 @@ class Sidecar:
                 self.cut()
         if self.batcher.due():
             self.cut()
+        if self.companion.due():
+            self.companion.cut()
         return n
 
     def producer_alive(self) -> bool:
@@ -217,25 +244,36 @@ class Sidecar:
             return
         now = time.monotonic()
         if force:
-            await loop.run_in_executor(None, self.journal.sync)
+            await loop.run_in_executor(None, self._sync_journals)
             self.words[W_SYNCED_SEQ] = self.journal.synced_seq
-        elif (
-            now - self._last_sync >= self.opts.fsync_interval
-            and self.journal.written_seq > self.journal.synced_seq
+        elif now - self._last_sync >= self.opts.fsync_interval and (
+            self.journal.written_seq > self.journal.synced_seq
+            or self.companion.journal.written_seq > self.companion.journal.synced_seq
         ):
             self._last_sync = now
-            self._sync_task = loop.run_in_executor(None, self.journal.sync)
+            self._sync_task = loop.run_in_executor(None, self._sync_journals)
+
+    def _sync_journals(self) -> None:
+        self.journal.sync()
+        self.companion.journal.sync()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.words[W_SIDECAR_PID] = os.getpid()
         shipping = asyncio.create_task(self.shipper.run()) if self.shipper else None
+        self._companion_shipping = (
+            asyncio.create_task(self.companion_shipper.run()) if self.companion_shipper else None
+        )
+        self._source_tasks = [asyncio.create_task(src.run()) for src in self.sources]
         next_check = 0.0
         producer_gone = False
+        last_record = time.monotonic()
         while True:
             n = self.drain_once()
             await self.maybe_sync(loop)
             now = time.monotonic()
+            if n:
+                last_record = now
             if now >= next_check:
                 next_check = now + LIVENESS_EVERY
                 closed = bool(self.words[W_CLOSED])
@@ -252,13 +290,15 @@ class Sidecar:
                 # Caught up.  Sleeping (not spinning) while the producer trickles records in keeps
                 # the sidecar off the training process's core; the batch age bounds latency.
                 self.summarise(SUMMARY_SLICE)
-                await asyncio.sleep(POLL_INTERVAL)
+                idle = now - last_record > IDLE_AFTER and not self._unsummarised
+                await asyncio.sleep(IDLE_POLL_INTERVAL if idle else POLL_INTERVAL)
         return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]), shipping=shipping)
 
     async def shutdown(
         self, loop: asyncio.AbstractEventLoop, crashed: bool, shipping: asyncio.Task[None] | None = None
     ) -> int:
         self.cut()
+        await self.close_sources()
         self.append_own_records(crashed)
         deadline = time.monotonic() + FINAL_WRITE_TIMEOUT
         while self.journal.pending_bytes and time.monotonic() < deadline:
@@ -274,19 +314,67 @@ class Sidecar:
         if lost:
             log.error("the disk never came back: %d records held in memory were lost", lost)
         self.write_summary()
-        if self.shipper is not None and shipping is not None:
-            done = await self.shipper.wait_acked(self.journal.written_seq, self.opts.upload_timeout)
-            shipping.cancel()
+        deadline = time.monotonic() + self.opts.upload_timeout
+        await self.files.finish(deadline)  # after write_summary: summary.json is one of the files
+        companion_lost = self.companion.close()
+        if companion_lost:
+            log.error("%d of the sidecar's own records (system, console, files) were lost", companion_lost)
+        for shipper, task, journal in (
+            (self.shipper, shipping, self.journal),
+            (self.companion_shipper, self._companion_shipping, self.companion.journal),
+        ):
+            if shipper is None or task is None:
+                continue
+            done = await shipper.wait_acked(journal.written_seq, max(deadline - time.monotonic(), 0.0))
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await shipping
+                await task
             if not done:
                 log.warning(
-                    "upload incomplete: acked up to seq %d of %d (%s)",
-                    self.shipper.acked,
-                    self.journal.written_seq,
-                    self.shipper.fatal or "server not reachable",
+                    "upload incomplete for writer %s: acked up to seq %d of %d (%s)",
+                    shipper.identity.writer_id,
+                    shipper.acked,
+                    journal.written_seq,
+                    shipper.fatal or "server not reachable",
                 )
         return 0
+
+    # --- the sidecar's own sources (written through self.companion) ------------------------------
+    def make_sources(self) -> list[Source]:
+        """The sources this run's options ask for, in the order they are closed at exit."""
+        o = self.opts
+        sources: list[Source] = []
+        if o.console:  # the training process's stdout/stderr pipes
+            from .console_capture import ConsoleCapture
+
+            sources.append(ConsoleCapture(self.companion, self.run_dir, o.console))
+        from .run_context import RunContext  # the code and environment, once per training process
+
+        sources.append(RunContext(self.run_dir, self.companion, o.disable_code, o.disable_git, o.save_code))
+        if o.stats_interval > 0:
+            from .system_monitor import SystemMonitor
+
+            pid = self.ring.producer_pid
+            sources.append(SystemMonitor(self.companion, o.stats_interval, self.run_dir, pid))
+        from .file_uploader import FileUploader  # runstream.save, and files/ at exit
+
+        key = os.environ.get("RUNSTREAM_API_KEY") if o.url else None
+        self.files = FileUploader(self.run_dir, self.companion, o.url, key, o.ignore_glob)
+        sources.append(self.files)  # its close() stops the watching; finish() uploads at exit
+        return sources
+
+    async def close_sources(self) -> None:
+        """Each source writes its last records (a console's final partial line...), then stops."""
+        for src in self.sources:
+            try:
+                await src.close()
+            except Exception:  # one failing source must not cost the others their last records
+                log.exception("closing %s", type(src).__name__)
+        for task in self._source_tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.companion.cut()
 
     def append_own_records(self, crashed: bool) -> None:
         """The loss counters (and, for a dead producer, its exit) go into the journal as records
@@ -299,6 +387,7 @@ class Sidecar:
             "step_regressions": int(w[W_STEP_REGRESSIONS]),
             "ring_skipped_bytes": int(w[W_SKIPPED_BYTES]),
             "sidecar_lost_records": int(w[W_SIDECAR_LOST]),
+            "companion_dropped_records": self.companion.dropped,
         }
         seq = max(self.journal.last_seq, self.reader.expected - 1 if self.reader.expected else 0) + 1
         now = time.time()
@@ -353,6 +442,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--resume", default="")
     p.add_argument("--upload-timeout", type=float, default=55.0)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    # what the sidecar records by itself (settings.py documents each)
+    p.add_argument("--stats-interval", type=float, default=2.0, help="seconds between samples; 0: none")
+    p.add_argument("--disable-code", action="store_true")
+    p.add_argument("--disable-git", action="store_true")
+    p.add_argument("--save-code", action="store_true")
+    p.add_argument("--ignore-glob", action="append", default=[])
+    p.add_argument("--console", action="append", default=[], help="STREAM:READFD:TEEFD (console.md)")
     return p.parse_args(argv)
 
 

@@ -1,7 +1,9 @@
 """``runstream sync``: upload offline or half-uploaded runs with the sidecar's own shipper.
 
 It resumes where the server's acks stopped (the server says where in ``Opened``), so running it
-twice, or after a partial upload, sends nothing twice.  Exit codes: 0 everything acknowledged,
+twice, or after a partial upload, sends nothing twice.  The content of the run's files goes first
+(``blob_upload.sync_files``: what the server lacks of each file the run recorded), then the
+records that name it.  Exit codes: 0 everything acknowledged,
 1 the server refused a run (its message is printed), 2 the server could not be reached.
 """
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from runstream.errors import UsageError
 from runstream.rundir import find_run_dirs, resolve_run_dir
 
+from .blob_upload import sync_files
+from .companion import COMPANION_RESUME, COMPANION_SUFFIX, companion_dir
 from .fileio import OsFileSystem
 from .journal import parse_segment_name
 from .journal_reader import ScannedFrame, scan_segment
@@ -25,10 +29,10 @@ from .shipper import Identity, Shipper, read_marker
 UNREACHABLE_AFTER = 30.0  # give up when no connection could be made for this long
 
 
-def journal_extent(run_dir: Path) -> tuple[int, int]:
+def journal_extent(writer_dir: Path) -> tuple[int, int]:
     """(highest seq, payload bytes) over the journal's valid frames, without decompressing."""
     fs = OsFileSystem()
-    jdir = run_dir / "journal"
+    jdir = writer_dir / "journal"
     last = total = 0
     names = sorted(
         (i, n) for n in (p.name for p in jdir.iterdir()) if (i := parse_segment_name(n)) is not None
@@ -46,18 +50,23 @@ def _bar(done: float, total: float, width: int = 28) -> str:
     return "[" + "#" * int(frac * width) + "." * (width - int(frac * width)) + f"] {frac * 100:5.1f}%"
 
 
-async def sync_one(run_dir: Path, url: str, api_key: str | None, timeout: float | None) -> tuple[int, str]:
+async def sync_one(
+    run_dir: Path, url: str, api_key: str | None, timeout: float | None, companion: bool = False
+) -> tuple[int, str]:
+    """Upload one writer of a run: the producer's journal, or (``companion``) the sidecar's own."""
     meta = json.loads((run_dir / "run.json").read_text())
-    ident = Identity(
-        meta["entity"], meta["project"], meta["id"], meta.get("writer_id") or meta["id"], "allow"
-    )
-    last_seq, total = journal_extent(run_dir)
-    shipper = Shipper(run_dir, ident, url, api_key)
+    writer_id = meta.get("writer_id") or meta["id"]
+    writer_dir, resume = run_dir, "allow"
+    if companion:
+        writer_dir, writer_id, resume = companion_dir(run_dir), writer_id + COMPANION_SUFFIX, COMPANION_RESUME
+    ident = Identity(meta["entity"], meta["project"], meta["id"], writer_id, resume)
+    last_seq, total = journal_extent(writer_dir)
+    shipper = Shipper(writer_dir, ident, url, api_key)
     start_acked = shipper.acked
     task = asyncio.create_task(shipper.run())
     t0 = time.monotonic()
     last_contact = t0
-    path = f"{ident.entity}/{ident.project}/{ident.run_id}"
+    path = f"{ident.entity}/{ident.project}/{ident.run_id}" + (" (sidecar records)" if companion else "")
     tty = sys.stderr.isatty()
     try:
         while shipper.acked < last_seq and shipper.fatal is None and not task.done():
@@ -113,9 +122,15 @@ def sync_main(args: argparse.Namespace) -> int:
         if not (d / "run.json").exists():
             print(f"runstream: skipping {d}: no run.json", file=sys.stderr)
             continue
-        code, msg = asyncio.run(sync_one(d, creds.host, creds.api_key, args.timeout))
+        code, msg = sync_files(d, creds.host, creds.api_key)  # before the records that name them
         print(("runstream: " if code == 0 else "runstream: error: ") + msg, file=sys.stderr)
         worst = max(worst, code)
+        for companion in (False, True):
+            if companion and not (companion_dir(d) / "journal").is_dir():
+                continue
+            code, msg = asyncio.run(sync_one(d, creds.host, creds.api_key, args.timeout, companion))
+            print(("runstream: " if code == 0 else "runstream: error: ") + msg, file=sys.stderr)
+            worst = max(worst, code)
     return worst
 
 

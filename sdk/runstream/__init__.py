@@ -25,6 +25,7 @@ from .api import (
     UnauthorizedError,
 )
 from .errors import ConfigError, Error, RecordTooLargeError, SettingsError, UsageError
+from .files import save_active as save
 from .login import login
 from .reader import RunData, read_run
 from .session import finish, init
@@ -83,5 +84,6 @@ __all__ = [
     "login",
     "read_run",
     "run",
+    "save",
     "summary",
 ]

@@ -15,6 +15,7 @@ from .errors import UsageError
 
 if TYPE_CHECKING:
     from .api import Api
+    from .files import ApiFile
 
 EDITABLE = ("name", "tags", "notes")
 RESERVED = ("_step", "_timestamp", "_runtime")
@@ -221,6 +222,31 @@ class ApiRun:
             if "next_min_step" not in page:
                 return
             step = page["next_min_step"]
+
+    def files(self) -> list[ApiFile]:
+        """The files kept with the run (``runstream.save``, config.yaml, summary.json...)."""
+        from .files import run_files
+
+        return run_files(self)
+
+    def file(self, name: str) -> ApiFile:
+        """One of them by its path under files/ (``NotFoundError`` if the run has no such file)."""
+        from .files import run_file
+
+        return run_file(self, name)
+
+    def system(
+        self, keys: Sequence[str] | None = None, min_time: float | None = None, max_time: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The run's system-metric samples in time order, ``{"_timestamp": t, "system/cpu": ...}``
+        (every key, or ``keys``; docs/system-metrics.md lists them)."""
+        got = self._api._get(
+            self._url + "/system",
+            keys=",".join(keys) if keys else None,
+            min_time=min_time,
+            max_time=max_time,
+        )
+        return list(got["samples"])
 
 
 def _columns(keys: Sequence[str], stats: bool) -> list[str]:

@@ -79,6 +79,12 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .restore import main as restore_main
+
+    return restore_main(args.run_path, host=args.host, branch=args.branch)
+
+
 def main(argv: list[str] | None = None) -> int:
     from runstream_ingest.server.keys_cli import add_keys_parser
 
@@ -109,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--host", default=None, help="server address (default: RUNSTREAM_HOST or login)")
     syn.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     syn.set_defaults(func=cmd_sync)
+
+    rst = sub.add_parser(
+        "restore", help="check out a run's commit on a new branch, apply its diff.patch, write config.yaml"
+    )
+    rst.add_argument("run_path", help="entity/project/run_id on the server, or a run directory")
+    rst.add_argument("--branch", default=None, help="the new branch (default: runstream/<run id>)")
+    rst.add_argument("--host", default=None, help="server address (default: RUNSTREAM_HOST or login)")
+    rst.set_defaults(func=cmd_restore)
 
     for mode in ("offline", "online"):
         m = sub.add_parser(mode, help=f"make runs started in this directory {mode}")

@@ -41,6 +41,9 @@ KIND_ROW = 3  # one committed history row; ``step`` in the header
 KIND_SUMMARY = 4  # user-pinned summary keys: {"set": {...}, "del": [...]}
 KIND_STATS = 5  # loss and back-pressure counters, latest value wins
 KIND_EXIT = 6  # the run ended: {"exit_code": int, "state": str}
+KIND_SYSTEM = 7  # a system-metrics sample: {"system/cpu": 12.5, ...} (the sidecar's companion writer)
+KIND_CONSOLE = 8  # console output: {"stream": "stdout" | "stderr", "lines": [str, ...]}
+KIND_FILE = 9  # a file kept with the run: {"path", "policy"}; once uploaded also {"sha256", "size"}
 
 KIND_NAMES = {
     KIND_PAD: "pad",
@@ -50,7 +53,15 @@ KIND_NAMES = {
     KIND_SUMMARY: "summary",
     KIND_STATS: "stats",
     KIND_EXIT: "exit",
+    KIND_SYSTEM: "system",
+    KIND_CONSOLE: "console",
+    KIND_FILE: "file",
 }
+
+# The sidecar's own writer (system metrics, console, environment, files) is a second writer of the
+# run: its writer id is the producer's plus this suffix, and it opens with resume "companion"
+# (docs/protocol.md, "Companion writers").
+COMPANION_WRITER_SUFFIX = ".companion"
 
 # flags
 FLAG_SIDECAR = 0x01  # written by the sidecar on the producer's behalf (e.g. the crash exit record)

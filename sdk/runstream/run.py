@@ -319,6 +319,15 @@ class Run(_RunBase):
             return
         self._push(kind, 0, _time(), rec.pack_body(value))
 
+    def save(self, glob_str: Any, base_path: Any = None, policy: str = "live") -> list[str]:
+        """Keep files with the run (W&B's ``save``; docs/files.md): each file ``glob_str`` matches
+        now goes under ``files/`` at its path relative to ``base_path`` and is uploaded: ``live``
+        again after each change, ``now`` at once, ``end`` when the run finishes.  Returns the
+        saved paths; the copying, hashing and uploading happen in the sidecar."""
+        from .files import save
+
+        return save(self, glob_str, base_path, policy)
+
     # --- lifecycle -------------------------------------------------------------------------------
     def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
         from .session import finish_run

@@ -222,6 +222,8 @@ def _start(
     resume: Any = None,
     remote: dict[str, Any] | None = None,
 ) -> Run:
+    if save_code is not None:  # init(save_code=...) wins over the setting
+        s.save_code = bool(save_code)
     start_step, first_seq = 0, 1
     prior_config: dict[str, Any] = {}
     if resume_dir is not None:
@@ -242,12 +244,19 @@ def _start(
     update_latest_link(s.root_dir, run_dir)
     ring = RingMap.create(default_ring_path(run_id, run_dir), s.ring_size)
     writer = RingWriter(ring, s.overflow_size, first_seq=first_seq)
-    writer.on_first_drop = lambda: print(
-        f"runstream: warning: the sidecar is not keeping up: the ring ({s.ring_size} bytes) and the "
-        f"overflow ({s.overflow_size} bytes) are full, so records are being dropped; they are counted "
-        "in summary _runstream/dropped_records and shown by runstream inspect",
-        file=sys.stderr,
-    )
+
+    def warn_drop() -> None:
+        from .console import deferred
+
+        with deferred():  # called inside the ring's push: a wrapped print must not push again
+            print(
+                f"runstream: warning: the sidecar is not keeping up: the ring ({s.ring_size} bytes) and the "
+                f"overflow ({s.overflow_size} bytes) are full, so records are being dropped; they are "
+                "counted in summary _runstream/dropped_records and shown by runstream inspect",
+                file=sys.stderr,
+            )
+
+    writer.on_first_drop = warn_drop
     config = Config()
     config.update(prior_config, allow_val_change=True)
     config._allow_val_change = allow_val_change
@@ -268,7 +277,7 @@ def _start(
         "program": sys.argv[0] if sys.argv else None,
         "args": sys.argv[1:],
         "python": sys.version.split()[0],
-        "save_code": bool(save_code),
+        "save_code": s.save_code,
         "resumed": resume_dir is not None or remote is not None,
     }
     if resume_dir is not None or remote is not None:
@@ -279,7 +288,7 @@ def _start(
     if not cfg_dict:
         run._emit(rec.KIND_CONFIG, {})  # so config.yaml exists from the start
     writer_id = _writer_id(run_dir)
-    info = {k: meta.get(k) for k in ("id", "name", "project", "entity", "pid", "host")}
+    info = {k: meta.get(k) for k in ("id", "name", "project", "entity", "pid", "host", "program", "args")}
     write_json_atomic(run_dir / "run.json", {**info, "writer_id": writer_id, "created": time.time()})
     extra_args: list[str] = []
     extra_env: dict[str, str] = {}
@@ -292,8 +301,22 @@ def _start(
         if online.api_key:
             extra_env["RUNSTREAM_API_KEY"] = online.api_key  # never on the command line
     run._online = online  # type: ignore[attr-defined]
-    sup = SidecarSupervisor(ring.path, run_dir, s, extra_args, extra_env)
-    sup.start()
+    from . import console
+
+    cap = console.start(s.console, run._emit, lambda m: say(s, m))
+    run._console = cap  # type: ignore[attr-defined]
+    if cap is not None:
+        extra_args += cap.sidecar_args()
+    sup = SidecarSupervisor(ring.path, run_dir, s, extra_args, extra_env, cap.pass_fds() if cap else None)
+    if cap is not None:
+        sup.on_give_up = cap.no_sidecar
+    try:
+        sup.start()
+    except BaseException:
+        if cap is not None:  # no sidecar: the terminal gets its fds back
+            cap.teardown()
+            cap.close()
+        raise
     run._sidecar = sup
     _publish(run)
     _install_hooks()
@@ -353,10 +376,15 @@ def finish_run(run: Run, exit_code: int | None) -> None:
             return
         s = run._settings
         run._commit_pending()
-        code = 0 if exit_code is None else int(exit_code)
-        run._emit(rec.KIND_EXIT, {"exit_code": code, "state": "finished" if code == 0 else "failed"})
         writer = run._writer
         deadline = time.monotonic() + s.finish_timeout
+        cap = getattr(run, "_console", None)
+        if cap is not None:  # its last lines go in before the exit record and the ring's close
+            while not writer.drain_overflow() and time.monotonic() < deadline:
+                time.sleep(0.001)  # room for them, after a sidecar that fell behind
+            cap.teardown()
+        code = 0 if exit_code is None else int(exit_code)
+        run._emit(rec.KIND_EXIT, {"exit_code": code, "state": "finished" if code == 0 else "failed"})
         while not writer.drain_overflow() and time.monotonic() < deadline:
             time.sleep(0.001)
         writer.abandon_overflow()  # what finish_timeout could not move is counted as dropped
@@ -364,6 +392,8 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         run._finished = True
         sup = run._sidecar
         sidecar_code = sup.stop(max(deadline - time.monotonic(), 1.0)) if sup else None
+        if cap is not None:
+            cap.close()  # no sidecar will read the console pipes again
         ring: RingMap = run._ring  # type: ignore[attr-defined]
         w = ring.words
         journaled, synced = int(w[W_JOURNALED]), int(w[W_SYNCED_SEQ])
@@ -472,3 +502,6 @@ def _after_fork_in_child() -> None:
     runstream.log = inert
     run._finished = True
     run._sidecar = None
+    cap = getattr(run, "_console", None)
+    if cap is not None:
+        cap.after_fork_in_child()

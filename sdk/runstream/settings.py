@@ -79,7 +79,13 @@ class Settings:
     finish_timeout: float = 60.0  # seconds finish() waits for the sidecar to drain
     sidecar_memory: int = 256 * MiB  # the sidecar's memory budget in bytes
     zstd_level: int = 3
-    stats_interval: float = 2.0  # seconds between STATS records
+    stats_interval: float = 2.0  # seconds between system-metric samples (the sidecar takes them)
+    disable_stats: bool = False  # no system metrics at all
+    console: str = "auto"  # "auto" | "redirect" | "wrap" | "off": how stdout/stderr are captured
+    disable_code: bool = False  # no git state, diff or code capture
+    disable_git: bool = False  # no git state or diff (code capture still follows save_code)
+    save_code: bool = False  # keep a copy of the entry-point script with the run
+    ignore_globs: tuple[str, ...] = ()  # files matching these are never uploaded
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -151,6 +157,16 @@ def _seconds(*, positive: bool, allow_inf: bool = False) -> Checker:
             if not math.isnan(v) and (v > 0 or (v == 0 and not positive)) and (allow_inf or v != math.inf):
                 return v
         raise _Invalid(allowed)
+
+    return check
+
+
+def _min_seconds(lo: float) -> Checker:
+    def check(value: Any) -> float:
+        v = _seconds(positive=True)(value)
+        if v < lo:
+            raise _Invalid(f"at least {lo} seconds")
+        return float(v)
 
     return check
 
@@ -234,7 +250,19 @@ _CHECKERS: dict[str, Checker] = {
     "finish_timeout": _seconds(positive=False, allow_inf=True),
     "sidecar_memory": _size(1),
     "zstd_level": _int_range(1, 22),
-    "stats_interval": _seconds(positive=True),
+    "stats_interval": _min_seconds(0.1),
+    "disable_stats": _bool,
+    "console": _choice(
+        "auto",
+        "redirect",
+        "wrap",
+        "off",
+        aliases={"wrap_raw": "wrap", "wrap_emu": "wrap", "false": "off", "none": "off"},
+    ),
+    "disable_code": _bool,
+    "disable_git": _bool,
+    "save_code": _bool,
+    "ignore_globs": _tags,
 }
 
 
@@ -266,6 +294,12 @@ _ENV_SUFFIXES: dict[str, tuple[str, ...]] = {
     "job_type": ("JOB_TYPE",),
     "silent": ("SILENT",),
     "host": ("HOST",),
+    "console": ("CONSOLE",),
+    "disable_code": ("DISABLE_CODE",),
+    "disable_git": ("DISABLE_GIT",),
+    "save_code": ("SAVE_CODE",),
+    "ignore_globs": ("IGNORE_GLOBS",),
+    "disable_stats": ("DISABLE_STATS",),
 }
 _WANDB_ENV = {k: tuple(f"WANDB_{s}" for s in v) for k, v in _ENV_SUFFIXES.items()} | {
     "host": ("WANDB_BASE_URL",)
@@ -281,12 +315,14 @@ _KEY_ALIASES = {
     "run_group": "group",
     "run_job_type": "job_type",
     "base_url": "host",
+    "_disable_stats": "disable_stats",
+    "x_disable_stats": "disable_stats",
+    "x_stats_sampling_interval": "stats_interval",
 }
 # settings= keys common in W&B scripts that steer W&B machinery runstream does not have.
 # Accepting them keeps "change only the import line" true; they have no effect.
 _IGNORED_WANDB_KEYS = frozenset(
-    {"start_method", "console", "init_timeout", "_disable_stats", "_disable_meta", "x_disable_stats"}
-    | {"x_disable_meta", "disable_git", "disable_code", "save_code", "anonymous", "api_key"}
+    {"start_method", "init_timeout", "_disable_meta", "x_disable_meta", "anonymous", "api_key"}
 )
 
 
@@ -305,7 +341,7 @@ def _from_env(name: str, environ: Mapping[str, str]) -> tuple[Any, str] | None:
         raw = environ.get(var, "")
         if raw:
             value: Any = raw
-            if name == "tags":
+            if name in ("tags", "ignore_globs"):
                 value = tuple(t.strip() for t in raw.split(",") if t.strip())
             return value, f"environment variable {var}"
     return None

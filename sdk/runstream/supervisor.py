@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .settings import Settings
@@ -33,8 +34,12 @@ class SidecarSupervisor:
         settings: Settings,
         extra_args: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
+        pass_fds: list[int] | None = None,
     ) -> None:
         self.extra_args = extra_args or []
+        # fds every sidecar inherits: the console pipes' read ends and the tee fds (console.py)
+        self.pass_fds = tuple(pass_fds or ())
+        self.on_give_up: Callable[[], None] | None = None  # called once no sidecar will run again
         self.extra_env = extra_env or {}
         self.ring_path = ring_path
         self.run_dir = run_dir
@@ -62,6 +67,11 @@ class SidecarSupervisor:
             "--memory", str(s.sidecar_memory),
             "--zstd-level", str(s.zstd_level),
             "--loop", self.loop,
+            "--stats-interval", str(0.0 if s.disable_stats else s.stats_interval),
+            *(["--disable-code"] if s.disable_code else []),
+            *(["--disable-git"] if s.disable_git else []),
+            *(["--save-code"] if s.save_code else []),
+            *[arg for g in s.ignore_globs for arg in ("--ignore-glob", g)],
             *self.extra_args,
         ]  # fmt: skip
         # For fault tests and debugging: run the sidecar under a wrapper such as fiu-run or strace.
@@ -78,6 +88,7 @@ class SidecarSupervisor:
                 stderr=err,
                 start_new_session=True,  # a terminal Ctrl-C must not kill it before it drains
                 close_fds=True,
+                pass_fds=self.pass_fds,
                 env={**os.environ, **self.extra_env} if self.extra_env else None,
             )
         finally:
@@ -109,6 +120,8 @@ class SidecarSupervisor:
                         f"{self.run_dir / 'logs'}",
                         file=sys.stderr,
                     )
+                    if self.on_give_up is not None:
+                        self.on_give_up()
                     return
                 self.restarts += 1
                 if proc.returncode == -signal.SIGABRT:

@@ -355,6 +355,9 @@ def start_script(
     script.write_text(SCRIPT_PRELUDE + source)
     stderr_path = tmp_path / "train.stderr"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "WANDB_"))}
+    # stdout is the protocol: it must not depend on a sidecar that fault tests stall or break
+    # (tests/test_console.py turns capture on with settings=)
+    full_env["RUNSTREAM_CONSOLE"] = "off"
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
     with open(stderr_path, "wb") as err:

@@ -29,6 +29,8 @@ from aiohttp import web
 from ..storage import filters as fl
 from ..storage.base import RunBusy, RunGroup, RunNotFound, RunQueries, RunQuery, Storage
 from .auth import Authenticator, AuthError
+from .blobs import BlobStore, FileRoutes
+from .blobs import add_routes as add_file_routes
 from .http_data import RunData
 from .http_util import (
     MAX_PAGE,
@@ -58,7 +60,7 @@ def _open_queries(storage: Storage) -> RunQueries | None:
     return SqliteQueries(storage) if isinstance(storage, SqliteStorage) else None
 
 
-class HttpApi(RunData):
+class HttpApi(RunData, FileRoutes):
     def __init__(
         self,
         storage: Storage,
@@ -69,6 +71,7 @@ class HttpApi(RunData):
         writer: ThreadPoolExecutor | None = None,
         live: LiveHub | None = None,
         queries: RunQueries | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.storage = storage
         self.auth = auth
@@ -78,6 +81,8 @@ class HttpApi(RunData):
         self.live = live or LiveHub()
         self.queries = queries if queries is not None else _open_queries(storage)
         self.sessions = Sessions()
+        self.blobs = blobs  # files kept with runs (blobs.py); None: their routes answer 501
+        self._blob_locks: dict[str, asyncio.Lock] = {}
         self._closing = False
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -155,6 +160,7 @@ class HttpApi(RunData):
                 web.get(run + "/files", self.get_files),
             ]
         )
+        add_file_routes(app, self)  # blobs and run files (blobs.py)
         add_web_routes(app)  # the dashboard: / and /static/... (web.py)
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)

@@ -36,7 +36,16 @@ import zstandard
 
 from runstream import records as rec
 
-from ..storage.base import BadBatch, BatchWrite, RunExists, RunNotFound, SequenceGap, Storage, StoreResult
+from ..storage.base import (
+    RESUME_MODES,
+    BadBatch,
+    BatchWrite,
+    RunExists,
+    RunNotFound,
+    SequenceGap,
+    Storage,
+    StoreResult,
+)
 from ..storage.batch import decode_batch
 from ..wire import ingest_pb2 as pb
 from ..wire import ingest_pb2_grpc as pb_grpc
@@ -173,7 +182,7 @@ class IngestService(pb_grpc.IngestServicer):
                 f"protocol version {o.protocol_version} is not supported "
                 f"(this server speaks {PROTOCOL_VERSION})",
             )
-        if o.resume not in ("", "allow", "must", "never", "auto"):
+        if o.resume not in RESUME_MODES:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.resume {o.resume!r} is not a resume mode")
         key = self.auth.check(context.invocation_metadata() or (), o.entity)
         try:

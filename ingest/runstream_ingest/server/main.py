@@ -28,6 +28,7 @@ from ..storage.sqlite import SqliteStorage
 from ..wire import ingest_pb2_grpc as pb_grpc
 from .args import DB_NAME, data_dir
 from .auth import Authenticator, auth_required, insecure_warning
+from .blobs import BlobStore
 from .http_api import HttpApi
 from .ingest_service import IngestService, Limits
 from .keys import KeyStore
@@ -95,7 +96,10 @@ class Server:
             "auth": self.required,
             "tls": creds is not None,
         }
-        http = HttpApi(self.storage, self.auth, self.readers, info, writer=self.writer, live=self.live)
+        http = HttpApi(
+            self.storage, self.auth, self.readers, info, writer=self.writer, live=self.live,
+            blobs=BlobStore(self.data_dir / "blobs"),
+        )  # fmt: skip
         runner = web.AppRunner(http.app(), access_log=None)
         await runner.setup()
         https = None

@@ -85,6 +85,34 @@ function kvTable(obj, testid) {
   return rows.length ? h("table", { class: "kv", dataset: { testid } }, h("tbody", {}, rows)) : h("p", { class: "muted" }, "none");
 }
 
+/** The code and environment rows of the overview (run_context.py records them; docs/run-dir.md). */
+function environment(meta) {
+  const mono = (testid, text) => h("span", { class: "mono", dataset: { testid } }, text);
+  const rows = [];
+  const cpus = [meta.cpu_count, meta.cpu_count_logical].filter((n) => n != null);
+  if (meta.user) rows.push(["user", mono("env-user", meta.user)]);
+  rows.push(["python", mono("env-python", [meta.python, meta.python_implementation, meta.executable].filter(Boolean).join(" ") || "—")]);
+  if (meta.os) rows.push(["OS", mono("env-os", meta.os)]);
+  if (cpus.length) rows.push(["CPUs", h("span", { dataset: { testid: "env-cpus" } }, cpus.length === 2 ? `${cpus[0]} cores, ${cpus[1]} threads` : String(cpus[0]))]);
+  const gpu = meta.gpu;
+  if (gpu && gpu.count) {
+    const extra = [gpu.driver && `driver ${gpu.driver}`, gpu.cuda && `CUDA ${gpu.cuda}`].filter(Boolean).join(", ");
+    rows.push(["GPUs", h("span", { dataset: { testid: "env-gpu" } }, `${gpu.count} × ${gpu.name || "GPU"}` + (extra ? ` (${extra})` : ""))]);
+  }
+  if (meta.code_path) rows.push(["code", mono("env-code", meta.code_path)]);
+  const git = meta.git;
+  if (!git) return [...rows, ["git", h("span", { class: "muted" }, "—")]];
+  const state = git.dirty == null ? "unknown" : git.dirty ? "uncommitted changes (in diff.patch)" : "clean";
+  const untracked = git.untracked ? `, ${git.untracked} untracked` : "";
+  return [
+    ...rows,
+    ["git commit", mono("env-git-commit", git.commit || "no commits yet")],
+    ["git branch", mono("env-git-branch", git.branch || "detached HEAD")],
+    ["git remote", mono("env-git-remote", git.remote || "—")],
+    ["working tree", mono("env-git-dirty", state + untracked)],
+  ];
+}
+
 function overview(entity, project, run, onSaved) {
   const el = h("div", { class: "two-col" });
   const msg = h("span", { class: "muted" });
@@ -104,7 +132,6 @@ function overview(entity, project, run, onSaved) {
   };
   function draw() {
     const meta = run.meta || {};
-    const git = meta.git ? [meta.git.commit, meta.git.remote, meta.git.dirty ? "(dirty)" : ""].filter(Boolean).join(" ") : "—";
     const command = [run.program, ...(meta.args || [])].filter(Boolean).join(" ") || "—";
     const info = [
       ["state", h("span", { class: `state ${run.state}` }, run.state + (run.exit_code != null ? ` (exit ${run.exit_code})` : ""))],
@@ -113,9 +140,8 @@ function overview(entity, project, run, onSaved) {
       ["runtime", fmtDuration(runtime(run))],
       ["last heartbeat", fmtTime(run.heartbeat_at)],
       ["host", run.host || "—"],
-      ["command", h("span", { class: "mono" }, command)],
-      ["python", meta.python || "—"],
-      ["git", h("span", { class: "mono" }, git)],
+      ["command", h("span", { class: "mono", dataset: { testid: "env-command" } }, command)],
+      ...environment(meta),
       ["group", run.group || "—"],
       ["job type", run.job_type || "—"],
       ["history", `${(run.rows ?? 0).toLocaleString("en-US")} rows, last step ${run.last_step}`],

@@ -4,7 +4,6 @@
 import { api } from "../api.js";
 import { color, fmtNum, fmtTime, h } from "../dom.js";
 import { Panel } from "../chart.js";
-import { sectionsOf } from "./charts.js";
 
 const LINE_H = 18;
 const MAX_LINES = 200_000; // a console longer than this shows its first lines and says so
@@ -15,6 +14,44 @@ function none(what, err) {
 }
 
 // --- system metrics: every system/... key over wall time, exact samples -------------------------
+// Sections in the order a person scans them; docs/system-metrics.md lists the keys.
+const SYSTEM_SECTIONS = [
+  ["cpu", "CPU", (k) => k === "cpu" || k.startsWith("load.")],
+  ["cores", "CPU cores", (k) => /^cpu\.\d+$/.test(k)],
+  ["memory", "Memory", (k) => k.startsWith("mem.") || k.startsWith("swap.")],
+  ["disk", "Disk", (k) => k.startsWith("disk.")],
+  ["network", "Network", (k) => k.startsWith("net.")],
+  ["process", "Process", (k) => k.startsWith("proc.")],
+];
+
+function systemSections(keys) {
+  const out = new Map();
+  const add = (id, name, k) => {
+    if (!out.has(id)) out.set(id, { name, keys: [] });
+    out.get(id).keys.push(k);
+  };
+  for (const k of keys) {
+    const short = k.startsWith("system/") ? k.slice(7) : k;
+    const sec = SYSTEM_SECTIONS.find(([, , test]) => test(short));
+    const gpu = /^gpu\.(\d+)\./.exec(short);
+    if (sec) add(sec[0], sec[1], k);
+    else if (gpu) add(`gpu${gpu[1]}`, `GPU ${gpu[1]}`, k);
+    else add("other", "Other", k);
+  }
+  const order = (id) => {
+    const i = SYSTEM_SECTIONS.findIndex(([s]) => s === id);
+    if (i >= 0) return [i, 0];
+    return id === "other" ? [SYSTEM_SECTIONS.length + 1, 0] : [SYSTEM_SECTIONS.length, Number(id.slice(3))];
+  };
+  const cores = (k) => Number(/\.(\d+)$/.exec(k)?.[1] ?? -1);
+  const sections = [...out].sort(([a], [b]) => {
+    const [x, y] = [order(a), order(b)];
+    return x[0] - y[0] || x[1] - y[1];
+  });
+  for (const [id, s] of sections) if (id === "cores") s.keys.sort((a, b) => cores(a) - cores(b));
+  return sections;
+}
+
 export function systemTab(entity, project, run) {
   const el = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   let panels = [];
@@ -31,13 +68,24 @@ export function systemTab(entity, project, run) {
       el.replaceChildren(none("system metrics"));
       return;
     }
-    panels.forEach((p) => p.destroy());
-    panels = keys.map((k) => new Panel({ key: k, xAxis: "_timestamp", logY: false, smoothing: 0, xRange: null }));
-    const byKey = new Map(panels.map((p) => [p.opts.key, p]));
-    const sections = [...sectionsOf(keys)].map(([name, ks]) =>
-      h("details", { class: "section", open: true }, h("summary", {}, name), h("div", { class: "grid" }, ks.map((k) => byKey.get(k).el))),
-    );
-    el.replaceChildren(h("div", { class: "sections" }, sections));
+    const sections = systemSections(keys);
+    const same = panels.length === keys.length && panels.every((p) => keys.includes(p.opts.key));
+    if (!same) {
+      // Keep a section's open/closed state across refreshes; many cores start folded.
+      const open = new Map([...el.querySelectorAll("details[data-section]")].map((d) => [d.dataset.section, d.open]));
+      panels.forEach((p) => p.destroy());
+      panels = keys.map((k) => new Panel({ key: k, xAxis: "_timestamp", logY: false, smoothing: 0, xRange: null }));
+      const byKey = new Map(panels.map((p) => [p.opts.key, p]));
+      const els = sections.map(([id, s]) =>
+        h(
+          "details",
+          { class: "section", open: open.get(id) ?? !(id === "cores" && s.keys.length > 8), dataset: { section: id, testid: "system-section" } },
+          h("summary", {}, s.name),
+          h("div", { class: "grid" }, s.keys.map((k) => byKey.get(k).el)),
+        ),
+      );
+      el.replaceChildren(h("div", { class: "sections" }, els));
+    }
     for (const p of panels) {
       const pts = rows.filter((r) => typeof r[p.opts.key] === "number");
       const x = pts.map((r) => r._timestamp);
@@ -73,7 +121,10 @@ export function consoleTab(entity, project, run) {
       const text = l.line ?? "";
       const at = q ? text.toLowerCase().indexOf(q) : -1;
       const body = at < 0 ? [text] : [text.slice(0, at), h("mark", {}, text.slice(at, at + q.length)), text.slice(at + q.length)];
-      els.push(h("div", { class: `line ${l.stream || ""}`, style: { top: `${i * LINE_H}px` }, title: fmtTime(l.time) }, ...body));
+      // stderr: red text (the class) and a bar in the gutter, so it does not rest on colour alone
+      const err = l.stream === "stderr";
+      const style = err ? { top: `${i * LINE_H}px`, boxShadow: "inset 3px 0 0 var(--bad)" } : { top: `${i * LINE_H}px` };
+      els.push(h("div", { class: `line ${l.stream || ""}`, style, dataset: { stream: l.stream || "" }, title: `${l.stream || ""} ${fmtTime(l.time)}` }, ...body));
     }
     inner.replaceChildren(...els);
   };
@@ -117,12 +168,16 @@ export function filesTab(entity, project, run) {
       (files) => {
         if (!files.length) return el.replaceChildren(h("div", { class: "pad" }, none("files")));
         const size = (n) => (n == null ? "" : n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
+        // Uploaded files download from their run (the session cookie authorises a plain link);
+        // a file recorded but not uploaded yet (offline, before `runstream sync`) says so.
+        const href = (f) => ["api", "v1", "runs", entity, project, run.id, "files", ...f.path.split("/")].map(encodeURIComponent).join("/");
+        const link = (f) => (f.sha256 ? h("a", { href: `/${href(f)}`, download: f.path.split("/").pop(), dataset: { testid: "file-link" } }, f.path) : h("span", { title: "not uploaded yet" }, f.path, h("span", { class: "muted" }, " (not uploaded yet)")));
         el.replaceChildren(
           h(
             "table",
             { class: "simple", dataset: { testid: "files" } },
             h("thead", {}, h("tr", {}, ["path", "size", "policy", "saved", "sha256"].map((t) => h("th", {}, t)))),
-            h("tbody", {}, files.map((f) => h("tr", {}, h("td", { class: "mono" }, f.path), h("td", { class: "num" }, size(f.size)), h("td", {}, f.policy || ""), h("td", {}, fmtTime(f.time)), h("td", { class: "mono", title: f.sha256 || "" }, (f.sha256 || "").slice(0, 12))))),
+            h("tbody", {}, files.map((f) => h("tr", {}, h("td", { class: "mono" }, link(f)), h("td", { class: "num" }, size(f.size)), h("td", {}, f.policy || ""), h("td", {}, fmtTime(f.time)), h("td", { class: "mono", title: f.sha256 || "" }, (f.sha256 || "").slice(0, 12))))),
           ),
         );
       },
