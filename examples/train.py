@@ -4,6 +4,7 @@
 import math
 import random
 import sys
+import time
 
 import runstream
 
@@ -15,6 +16,7 @@ with runstream.init(
     project="demo",
     config={"lr": LR, "arch": "cnn", "epochs": EPOCHS, "batch_size": 128},
     tags=["baseline"],
+    settings={"stats_interval": 0.5},  # system metrics twice a second (default: every 2 s)
 ) as run:
     best = 0.0
     for epoch in range(EPOCHS):
@@ -25,4 +27,6 @@ with runstream.init(
         acc = min(1.0, 1 - math.exp(-(epoch + 1) * LR * 500) + random.random() * 0.01)
         best = max(best, acc)
         run.log({"val": {"acc": acc}}, commit=False)
+        print(f"epoch {epoch}: train/loss {loss:.4f}  val/acc {acc:.4f}")  # kept in the Console tab
+        time.sleep(0.5)  # "evaluation": gives the System tab a few samples per run
     run.summary["best_acc"] = best
