@@ -877,6 +877,7 @@ def test_a_person_s_edits_win_over_the_program_s_later_run_records(backend: Back
     info = run_info(s)
     assert (info.name, info.tags, info.notes) == ("mine", ["keep"], "resumed")
     assert info.meta["git"] == {"commit": "abc"} and info.meta["host"] == "h"
+    assert info.meta["name"] == "mine" and not any(k.startswith("_runstream/") for k in info.meta)
     page = q.query_runs(E, P, RunQuery(limit=10))
     assert [(r.name, r.tags) for r in page.runs] == [("mine", ["keep"])]
     assert [r.run_id for r in q.query_runs(E, P, RunQuery(search="keep")).runs] == ["r"]

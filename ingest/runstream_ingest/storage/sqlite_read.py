@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import chunks as ck
-from .base import Bucket, BucketSums, ConsoleLine, FileInfo, RunInfo, StorageError, run_path
+from .base import Bucket, BucketSums, ConsoleLine, FileInfo, RunFold, RunInfo, StorageError, run_path
 from .sqlite_schema import RUN_INFO, STEP_MAX, STEP_MIN, clamp, unpack
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ def get_run(store: SqliteStorage, entity: str, project: str, run_id: str) -> Run
     if row is None:
         return None
     info = _info(row[:-1])
-    info.meta = unpack(row[-1])
+    # The record of which fields a person edited is the storage's bookkeeping, not the run's.
+    info.meta = {k: v for k, v in unpack(row[-1]).items() if k != RunFold.EDITED}
     return info
 
 
