@@ -101,6 +101,11 @@ def test_a_table_of_1000_runs_is_filtered_sorted_and_grouped(
     page.get_by_test_id("runs-table").evaluate("el => el.scrollTop = el.scrollHeight")
     expect(page.locator('[data-testid="run-row"][data-index="999"]')).to_contain_text("run-0000")
 
+    # With no columns chosen yet, a few config and summary keys are shown beside the fixed ones.
+    heads = page.locator('[data-testid="runs-head"]')
+    expect(heads.locator('[data-col^="config."]').first).to_be_visible()
+    expect(heads.locator('[data-col^="summary."]').first).to_be_visible()
+
     # Filter builder: config.lr > 0.001.
     page.get_by_test_id("filter-button").click()
     row = page.get_by_test_id("filter-row").first

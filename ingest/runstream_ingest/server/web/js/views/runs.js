@@ -245,6 +245,14 @@ export function mount(root, route) {
       keys = k;
       datalist.replaceChildren(fieldList("rs-fields", keys));
       fillSelects();
+      // A link without cols= shows a few config and summary columns, as W&B's table does, so a
+      // first look at a project shows what its runs tried and got; the chooser changes them.
+      if (p.get("cols") === null && !st.cols.length) {
+        const cfg = (keys.config || []).filter((c) => !c.startsWith("_")).slice(0, 3);
+        const sum = (keys.summary || []).filter((c) => !c.startsWith("_")).slice(0, 5);
+        st.cols = [...cfg.map((c) => `config.${c}`), ...sum.map((c) => `summary.${c}`)];
+        if (st.cols.length && st.view === "table") show();
+      }
       if (st.view !== "table") show();
     })
     .catch(() => null);
