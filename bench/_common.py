@@ -53,6 +53,19 @@ def load_case(name: str, quick: bool, repeat: int | None) -> dict[str, Any]:
     return case
 
 
+def record_case(
+    cases: dict[str, Any], targets: list[dict[str, Any]], case: dict[str, Any], load: Any, fig: dict[str, Any]
+) -> None:
+    """File one case's figures under its name in ``cases`` and its judged targets in ``targets``."""
+    cases[case["name"]] = {
+        "optimises": case["optimises"],
+        "parameters": case["parameters"],
+        "load_at_start": load,
+        "figures": fig,
+    }
+    targets += judge(case, fig)
+
+
 def judge(case: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for t in case.get("targets", []):

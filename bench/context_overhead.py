@@ -37,7 +37,7 @@ from typing import Any, TextIO
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import arg_parser, emit, judge, load_case, machine, print_targets, start_run
+from _common import arg_parser, emit, load_case, machine, print_targets, record_case, start_run
 from log_latency import busy, calibrate
 from runstream import records as rec
 from runstream_ingest.journal_reader import read_journal
@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     fig |= case_sidecar(p)
     show(p, fig)
     print(f"  ({time.monotonic() - t0:.0f} s; load average at start {load})")
-    cases = {"context_overhead": {"optimises": case["optimises"], "parameters": p, "load_at_start": load}}
-    cases["context_overhead"]["figures"] = fig
-    targets = judge(case, fig)
+    cases: dict[str, Any] = {}
+    targets: list[dict[str, Any]] = []
+    record_case(cases, targets, case, load, fig)
     print_targets(out, targets)
     return emit(out, cases, targets, a.json, a.check)
 

@@ -41,7 +41,7 @@ from tests.support.proxy import Proxy
 from tests.support.server import ServerProc, start_server
 
 import runstream
-from _common import arg_parser, emit, judge, load_case, machine, median_of, print_targets
+from _common import arg_parser, emit, load_case, machine, median_of, print_targets, record_case
 from runstream.api import NotFoundError
 
 TRAIN = """
@@ -323,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         fig["per_repeat"] = reps
         show(name, p, fig)
         print(f"  ({time.monotonic() - t0:.0f} s; load average at start {load}, now {machine()['load']})")
-        cases[name] = {"optimises": case["optimises"], "parameters": p, "load_at_start": load, "figures": fig}
-        targets += judge(case, fig)
+        record_case(cases, targets, case, load, fig)
     print_targets(out, targets)
     return emit(out, cases, targets, a.json, a.check)
 

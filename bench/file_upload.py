@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from tests.support.server import running_server
 
 import runstream
-from _common import arg_parser, emit, judge, load_case, machine, print_targets
+from _common import arg_parser, emit, load_case, machine, print_targets, record_case
 
 CHILD = """
 import json, sys, time
@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"file_upload: {p['size_mb']} MB, {p['repeat']} repeats (load average {load})")
     fig = case_upload(p)
     print("  medians: " + ", ".join(f"{k} {v:.2f}" for k, v in fig.items()))
-    cases = {"file_upload": {"optimises": case["optimises"], "parameters": p, "load_at_start": load}}
-    cases["file_upload"]["figures"] = fig
-    targets = judge(case, fig)
+    cases: dict[str, Any] = {}
+    targets: list[dict[str, Any]] = []
+    record_case(cases, targets, case, load, fig)
     print_targets(out, targets)
     return emit(out, cases, targets, a.json, a.check)
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 from tests.support.server import ServerProc, start_server
 
 import _common
-from _common import arg_parser, emit, judge, load_case, machine, median_of, pct, print_targets
+from _common import arg_parser, emit, load_case, machine, median_of, pct, print_targets, record_case
 
 _common.OPS.setdefault("<", operator.lt)  # "an idle run costs < 1 %" is a strict bound
 ENTITY = "bench"
@@ -629,8 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         fig["per_repeat"] = reps
         show(name, p, fig)
         print(f"  ({time.monotonic() - t0:.0f} s; load average at start {load}, now {machine()['load']})")
-        cases[name] = {"optimises": case["optimises"], "parameters": p, "load_at_start": load, "figures": fig}
-        targets += judge(case, fig)
+        record_case(cases, targets, case, load, fig)
     if a.profile:
         print_profile(a.profile)
         split = stage_split()

@@ -35,12 +35,12 @@ from _common import (
     arg_parser,
     emit,
     finish_and_verify,
-    judge,
     latency_us,
     load_case,
     machine,
     median_of,
     print_targets,
+    record_case,
     ring_counters,
     scalars,
     start_run,
@@ -421,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         fig = CASES[name](p, overhead)
         show(name, p, fig)
         print(f"  ({time.monotonic() - t0:.0f} s; load average at start {load})")
-        cases[name] = {"optimises": case["optimises"], "parameters": p, "load_at_start": load, "figures": fig}
-        targets += judge(case, fig)
+        record_case(cases, targets, case, load, fig)
     print_targets(out, targets)
     print("\nfor scale, measured elsewhere (not on this machine):")
     for tool, figs in REFERENCE.items():

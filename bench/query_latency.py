@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.support
 from tests.support.server import ServerProc, start_server
 
-from _common import arg_parser, emit, judge, load_case, machine, print_targets
+from _common import arg_parser, emit, load_case, machine, print_targets, record_case
 from runstream import records as rec
 from runstream_ingest.server.args import DB_NAME
 from runstream_ingest.storage import filters as fl
@@ -347,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 reps.append(CASES[name](p, Path(tmp)))
         fig = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
         show(name, fig)
-        cases[name] = {"optimises": case["optimises"], "parameters": p, "load_at_start": load, "figures": fig}
-        targets += judge(case, fig)
+        record_case(cases, targets, case, load, fig)
     print_targets(out, targets)
     return emit(out, cases, targets, a.json, a.check)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from runstream import records as rec
+from runstream.api import authorized
 
 log = logging.getLogger("runstream.files")
 
@@ -68,11 +69,7 @@ class BlobClient:
         url = f"{self.url.rstrip('/')}/api/v1/blobs/{sha}"
         if query:
             url += "?" + urllib.parse.urlencode(query)
-        req = urllib.request.Request(url, data=data, method=method)
-        if data is not None:
-            req.add_header("content-type", "application/octet-stream")
-        if self.api_key:
-            req.add_header("authorization", f"Bearer {self.api_key}")
+        req = authorized(url, self.api_key, method, data, "application/octet-stream")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 body = resp.read()

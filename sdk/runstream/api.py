@@ -57,6 +57,30 @@ class ConflictError(ApiError):
     """The run's state forbids it: a running run cannot be deleted."""
 
 
+def authorized(
+    url: str, api_key: str | None, method: str = "GET", data: bytes | None = None, content_type: str = ""
+) -> urllib.request.Request:
+    """A request to the server carrying the API key (the HTTP API's one auth header)."""
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None and content_type:
+        req.add_header("content-type", content_type)
+    if api_key:
+        req.add_header("authorization", f"Bearer {api_key}")
+    return req
+
+
+def http_error(e: urllib.error.HTTPError, method: str, url: str) -> ApiError:
+    """The server's refusal as the ``ApiError`` subclass of its status, with the server's message."""
+    with e:
+        try:
+            message = json.loads(e.read()).get("message", e.reason)
+        except ValueError:
+            message = e.reason
+    err = _ERRORS.get(e.code, ApiError)(f"{message} (HTTP {e.code} from {method} {url})")
+    err.status = e.code
+    return err
+
+
 _ERRORS: dict[int, type[ApiError]] = {
     400: InvalidRequestError,
     401: UnauthorizedError,
@@ -95,22 +119,12 @@ class Api:
         q = {k: v for k, v in query.items() if v is not None}
         url = f"{self.host}{path}" + (f"?{urllib.parse.urlencode(q)}" if q else "")
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
-        if data is not None:
-            req.add_header("content-type", "application/json")
-        if self.api_key:
-            req.add_header("authorization", f"Bearer {self.api_key}")
+        req = authorized(url, self.api_key, method, data, "application/json")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return _floats(json.load(resp))
         except urllib.error.HTTPError as e:
-            try:
-                message = json.loads(e.read()).get("message", e.reason)
-            except ValueError:
-                message = e.reason
-            err = _ERRORS.get(e.code, ApiError)(f"{message} (HTTP {e.code} from {method} {url})")
-            err.status = e.code
-            raise err from None
+            raise http_error(e, method, url) from None
         except OSError as e:
             raise ApiError(f"the server at {self.host} could not be reached: {e}") from None
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import fnmatch
 import glob
 import hashlib
-import json
 import os
 import sys
 import urllib.error
@@ -153,7 +152,7 @@ class ApiFile:
     ) -> Path:
         """Write the file to ``root/<name>`` a chunk at a time, checking its sha256; returns the
         path.  An existing file is an error unless ``replace`` (overwrite) or ``exist_ok`` (keep)."""
-        from .api import _ERRORS, ApiError
+        from .api import ApiError, authorized, http_error
 
         root_dir = Path(root).resolve()
         dest = (root_dir / self.name).resolve()
@@ -164,9 +163,7 @@ class ApiFile:
                 return dest
             raise FileExistsError(f"{dest} exists: pass replace=True to overwrite it")
         api = self._run._api
-        req = urllib.request.Request(self.url)
-        if api.api_key:
-            req.add_header("authorization", f"Bearer {api.api_key}")
+        req = authorized(self.url, api.api_key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         h = hashlib.sha256()
@@ -180,14 +177,7 @@ class ApiFile:
                 raise ApiError(f"{self.name}: the download hashes to {h.hexdigest()}, not {expect}")
             os.replace(tmp, dest)
         except urllib.error.HTTPError as e:
-            with e:
-                try:
-                    message = json.loads(e.read()).get("message", e.reason)
-                except ValueError:
-                    message = e.reason
-            err = _ERRORS.get(e.code, ApiError)(f"{message} (HTTP {e.code} from GET {self.url})")
-            err.status = e.code
-            raise err from None
+            raise http_error(e, "GET", self.url) from None
         except OSError as e:
             raise ApiError(f"{self.name} could not be downloaded from {api.host}: {e}") from None
         finally:
