@@ -39,9 +39,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import arg_parser, emit, load_case, machine, print_targets, record_case, start_run
 from log_latency import busy, calibrate
-from runstream import records as rec
-from runstream_ingest.journal_reader import read_journal
-from runstream_ingest.system_monitor import Sampler
+from runstream.format import record as rec
+from runstream.format.journal_read import read_journal
+from runstream_ingest.sidecar.sources.system import Sampler
 
 SETTINGS = {
     "both": {"stats_interval": 0.1, "console": "redirect"},  # the target

@@ -42,7 +42,7 @@ from tests.support.server import ServerProc, start_server
 
 import runstream
 from _common import arg_parser, emit, load_case, machine, median_of, print_targets, record_case
-from runstream.api import NotFoundError
+from runstream.read.api import NotFoundError
 
 TRAIN = """
 import sys, time

@@ -37,7 +37,7 @@ from _common import arg_parser, emit, load_case, machine, print_targets, record_
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from runstream_ingest.blob_upload import PART, BlobClient, hash_file
+from runstream_ingest.sidecar.sources.blob_upload import PART, BlobClient, hash_file
 
 url, path = sys.argv[1], Path(sys.argv[2])
 def rss_mib(field):  # VmHWM, not ru_maxrss, which starts from the parent's at fork
@@ -61,7 +61,7 @@ print(json.dumps({"sha": sha, "size": size, "sent": sent, "took": took, "rss_bef
 RESUME = """
 import json, sys
 from pathlib import Path
-from runstream_ingest.blob_upload import PART, BlobClient, hash_file
+from runstream_ingest.sidecar.sources.blob_upload import PART, BlobClient, hash_file
 
 url, path = sys.argv[1], Path(sys.argv[2])
 sha, size = hash_file(path)

@@ -87,7 +87,7 @@ def build_batches(rows: int, batch_rows: int, seed: int) -> list[tuple[int, int,
     import msgpack
     import zstandard
 
-    from runstream import records as rec
+    from runstream.format import record as rec
 
     rnd = random.Random(seed)
     z = zstandard.ZstdCompressor(level=3, write_content_size=True)
@@ -551,12 +551,12 @@ def stage_split(rows: int = 100_000, batch_rows: int = 4681) -> dict[str, float]
     code made of many small calls several times over; this split does not."""
     import gc
 
-    from runstream import records as rec
+    from runstream.format import record as rec
+    from runstream_ingest.server.decode import RecordBatch, decode_batch
     from runstream_ingest.server.ingest_service import Limits, inflate
-    from runstream_ingest.storage import chunks as ck
-    from runstream_ingest.storage import columns as cl
-    from runstream_ingest.storage.batch import RecordBatch, decode_batch
-    from runstream_ingest.storage.sqlite import SqliteStorage
+    from runstream_ingest.server.storage.history import chunks as ck
+    from runstream_ingest.server.storage.history import columns as cl
+    from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
     from runstream_ingest.wire import ingest_pb2 as pb
 
     batches = build_batches(rows, batch_rows, 0)

@@ -47,12 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.sup
 from tests.support.server import ServerProc, start_server
 
 from _common import arg_parser, emit, load_case, machine, print_targets, record_case
-from runstream import records as rec
+from runstream.format import record as rec
 from runstream_ingest.server.args import DB_NAME
-from runstream_ingest.storage import filters as fl
-from runstream_ingest.storage.base import RunQuery
-from runstream_ingest.storage.sqlite import SqliteStorage
-from runstream_ingest.storage.sqlite_query import SqliteQueries
+from runstream_ingest.server.storage import filters as fl
+from runstream_ingest.server.storage.interface import RunQuery
+from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
+from runstream_ingest.server.storage.sqlite.query import SqliteQueries
 
 E, P = "bench", "query"
 START = 1_700_000_000.0

@@ -51,7 +51,7 @@ def main() -> int:
         print(f"  state {run.state}, {run.rows} history rows, summary best_acc={run.summary['best_acc']:.4f}")
         print(f"  read it back: runstream.Api({server.url!r}).run({path!r})")
         print(f"local copy: {latest}\n", flush=True)
-        subprocess.run([sys.executable, "-m", "runstream.cli", "inspect", str(latest)], check=True)
+        subprocess.run([sys.executable, "-m", "runstream.cli.main", "inspect", str(latest)], check=True)
         print(f"\ndashboard: {server.url}/#/p/{project}   (the runs table; {server.url}/ lists projects)")
         if sys.stdin.isatty():
             print("serving it until Ctrl-C", flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .support.server import ServerProc, start_server
+from tests.support.server import ServerProc, start_server
 
 ENV_PREFIXES = ("RUNSTREAM_", "WANDB_")
 
@@ -26,7 +26,7 @@ def sidecars_under(path: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info.get("cmdline") or []
-        if "runstream_ingest.sidecar" in cmd and any(str(path) in c for c in cmd):
+        if "runstream_ingest.sidecar.main" in cmd and any(str(path) in c for c in cmd):
             found.append(p)
     return found
 

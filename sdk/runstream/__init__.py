@@ -7,15 +7,18 @@
 
 The API follows W&B's (``init``, ``log``, ``config``, ``summary``, ``finish``), so a W&B script
 runs after changing its import line.  A record's path from ``log`` to disk, one module per stage:
-``run`` (log) -> ``ring`` (shared memory) -> ``runstream_ingest.ring_reader`` -> ``.batcher`` ->
-``.journal`` (crash-safe, fsync'd), all driven by ``runstream_ingest.sidecar``.
+``run`` (log) -> ``ring`` (shared memory) -> ``runstream_ingest.sidecar.ring_reader`` -> ``.batcher`` ->
+``.journal`` (crash-safe, fsync'd), all driven by ``runstream_ingest.sidecar.main``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .api import (
+from runstream.errors import ConfigError, Error, RecordTooLargeError, SettingsError, UsageError
+from runstream.files import save_active as save
+from runstream.login import login
+from runstream.read.api import (
     Api,
     ApiError,
     ConflictError,
@@ -24,17 +27,14 @@ from .api import (
     PermissionDeniedError,
     UnauthorizedError,
 )
-from .errors import ConfigError, Error, RecordTooLargeError, SettingsError, UsageError
-from .files import save_active as save
-from .login import login
-from .reader import RunData, read_run
-from .session import finish, init
+from runstream.read.local import RunData, read_run
+from runstream.session import finish, init
 
 __version__ = "0.1.0"
 
 
 def _log_before_init(data: Any = None, step: Any = None, commit: Any = None, **kwargs: Any) -> None:
-    from . import session
+    from runstream import session
 
     if session._active is not None:  # reached through ``from runstream import log``
         session._active.log(data, step=step, commit=commit)

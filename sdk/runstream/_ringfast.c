@@ -7,7 +7,7 @@
  * queued: header, body copy, CRC-32C, seq/head bump, then the publishing store of ``head``.  Every
  * other case (wrap, full ring, overflow queued, record too big, unusual argument types) calls the
  * Python ``_push_slow`` with the same arguments, so its behaviour and errors are the Python ones.
- * The bytes written are identical to the Python path's (tests/test_ring_native.py holds it).
+ * The bytes written are identical to the Python path's (tests/format/test_ring_native.py holds it).
  *
  * ``RunCore`` is the C base of ``runstream.run.Run`` (its ``_writer``, ``_step``, ``_pending`` and
  * ``_last_body`` are slots here).  Its ``log`` handles ``log(row)`` for a plain dict of scalars

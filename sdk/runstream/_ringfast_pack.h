@@ -1,6 +1,6 @@
 /* msgpack for the common ``log`` row, in C: a dict whose keys are str and whose values are float,
  * int, bool, None or str, packed to exactly the bytes of
- * ``msgpack.Packer(use_bin_type=True).pack(row)`` (tests/test_ring_native.py holds it against
+ * ``msgpack.Packer(use_bin_type=True).pack(row)`` (tests/format/test_ring_native.py holds it against
  * msgpack and ormsgpack).  Anything else (nested dicts, lists, numpy scalars, subclasses, ints
  * beyond 64 bits, strings that are not valid UTF-8) is declined, and the caller packs the row with
  * ormsgpack as before, so those rows keep their exact behaviour and errors.

@@ -37,8 +37,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import records as rec
-from .console_lines import LineAssembler
+from runstream.format import record as rec
+from runstream.format.console_lines import LineAssembler
 
 PIPE_SIZE = 1 << 20  # a sidecar restarting after kill -9 takes ~0.5 s; prints must not block meanwhile
 PUMP_DRAIN_TIMEOUT = 2.0  # without a sidecar: how long finish waits for the pipes to reach the terminal

@@ -22,12 +22,12 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import records as rec
-from .errors import UsageError
+from runstream.errors import UsageError
+from runstream.format import record as rec
 
 if TYPE_CHECKING:
-    from .api_runs import ApiRun
-    from .run import Run
+    from runstream.read.api_runs import ApiRun
+    from runstream.run import Run
 
 POLICIES = ("live", "now", "end")
 CHUNK = 1 << 20
@@ -152,7 +152,7 @@ class ApiFile:
     ) -> Path:
         """Write the file to ``root/<name>`` a chunk at a time, checking its sha256; returns the
         path.  An existing file is an error unless ``replace`` (overwrite) or ``exist_ok`` (keep)."""
-        from .api import ApiError, authorized, http_error
+        from runstream.read.api import ApiError, authorized, http_error
 
         root_dir = Path(root).resolve()
         dest = (root_dir / self.name).resolve()
@@ -191,7 +191,7 @@ def run_files(run: ApiRun) -> list[ApiFile]:
 
 
 def run_file(run: ApiRun, name: str) -> ApiFile:
-    from .api import NotFoundError
+    from runstream.read.api import NotFoundError
 
     for f in run_files(run):
         if f.name == name:

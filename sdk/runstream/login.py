@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from runstream_ingest.server.keys import looks_like_key, mask
-
-from .errors import UsageError
+from runstream.errors import UsageError
+from runstream_ingest.server.auth.keys import looks_like_key, mask
 
 log = logging.getLogger("runstream.login")
 

@@ -27,7 +27,7 @@ Design note (byte diagram, worked example and the memory-ordering argument: docs
   imports (``NATIVE``) and ``RUNSTREAM_PURE_PYTHON`` is not set; both write identical bytes.
 
 Concurrency contract: a ``RingWriter`` belongs to one thread at a time of the training process (the
-thread that calls ``log``); the consumer is ``runstream_ingest.ring_reader.RingReader`` in
+thread that calls ``log``); the consumer is ``runstream_ingest.sidecar.ring_reader.RingReader`` in
 another process.  Nothing else may write the mapping.
 """
 
@@ -41,8 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import RecordTooLargeError
-from .records import ALIGN, CRC_START, HEADER, HEADER_SIZE, KIND_PAD, crc32c
+from runstream.errors import RecordTooLargeError
+from runstream.format.record import ALIGN, CRC_START, HEADER, HEADER_SIZE, KIND_PAD, crc32c
 
 # --- control block (docs/ring-format.md, "Control block") -------------------------------------
 MAGIC = b"RSRING\x00\x01"
@@ -294,7 +294,7 @@ class PyRingWriter:
 NativeRingWriter: type[PyRingWriter] | None = None
 if os.environ.get("RUNSTREAM_PURE_PYTHON", "") in ("", "0"):
     try:
-        from . import _ringfast
+        from runstream import _ringfast
     except ImportError:
         pass
     else:

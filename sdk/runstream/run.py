@@ -28,21 +28,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import ormsgpack
 
-from . import records as rec
-from . import ring as _ring
-from .errors import UsageError
-from .reader import flatten
-from .ring import W_STEP_REGRESSIONS, RingWriter
+from runstream import ring as _ring
+from runstream.errors import UsageError
+from runstream.format import record as rec
+from runstream.read.local import flatten
+from runstream.ring import W_STEP_REGRESSIONS, RingWriter
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .settings import Settings
-    from .supervisor import SidecarSupervisor
+    from runstream.config import Config
+    from runstream.settings import Settings
+    from runstream.supervisor import SidecarSupervisor
 
 _time = time.time
 _ROW = rec.KIND_ROW  # a global lookup, not an attribute lookup, on the hot path
 # ormsgpack writes the same bytes as msgpack.Packer(default=item_default, use_bin_type=True)
-# (tests/test_records.py checks it) at 2-3x the speed.  Positional arguments: keywords cost ~40 ns.
+# (tests/format/test_records.py checks it) at 2-3x the speed.  Positional arguments: keywords cost ~40 ns.
 _packb, _default, _PACK_OPT = ormsgpack.packb, rec.item_default, ormsgpack.OPT_NON_STR_KEYS
 
 
@@ -324,13 +324,13 @@ class Run(_RunBase):
         now goes under ``files/`` at its path relative to ``base_path`` and is uploaded: ``live``
         again after each change, ``now`` at once, ``end`` when the run finishes.  Returns the
         saved paths; the copying, hashing and uploading happen in the sidecar."""
-        from .files import save
+        from runstream.files import save
 
         return save(self, glob_str, base_path, policy)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
-        from .session import finish_run
+        from runstream.session import finish_run
 
         finish_run(self, exit_code)
 

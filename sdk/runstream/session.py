@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import records as rec
-from .config import Config, load_config
-from .errors import UsageError
-from .names import new_run_id, new_run_name, validate_run_id
-from .reader import replay
-from .ring import (
+from runstream.config import Config, load_config
+from runstream.errors import UsageError
+from runstream.format import record as rec
+from runstream.names import new_run_id, new_run_name, validate_run_id
+from runstream.read.local import replay
+from runstream.ring import (
     W_ACKED_SEQ,
     W_DROPPED,
     W_JOURNALED,
@@ -41,10 +41,10 @@ from .ring import (
     RingWriter,
     default_ring_path,
 )
-from .run import Run
-from .rundir import create_run_dir, find_run_dirs, update_latest_link, write_json_atomic
-from .settings import Settings, resolve_settings
-from .supervisor import SidecarSupervisor
+from runstream.run import Run
+from runstream.rundir import create_run_dir, find_run_dirs, update_latest_link, write_json_atomic
+from runstream.settings import Settings, resolve_settings
+from runstream.supervisor import SidecarSupervisor
 
 RESUME_CHECK_TIMEOUT = 30.0
 RESUME_PEEK_TIMEOUT = 5.0
@@ -73,7 +73,7 @@ def _resume_target(settings: Settings, resume: Any, run_id: str | None) -> Path 
             f"resume must be one of 'allow', 'must', 'never', 'auto', True or None, not {resume!r}"
         )
     if resume in (True, "auto") and run_id is None:
-        from .reader import sidecar_running
+        from runstream.read.local import sidecar_running
 
         dirs = find_run_dirs(settings.root_dir)
         if dirs and not sidecar_running(dirs[-1]):
@@ -133,14 +133,14 @@ def init(
         )  # fmt: skip
         cfg_dict = load_config(config, config_include_keys, config_exclude_keys)
         if s.mode == "disabled":
-            from .disabled import DisabledRun
+            from runstream.disabled import DisabledRun
 
             run = DisabledRun(s, cfg_dict)
             _publish(run)
             return run
         online = None
         if s.mode == "online":
-            from .login import credentials
+            from runstream.login import credentials
 
             creds = credentials(s.host)
             if creds.host:
@@ -246,7 +246,7 @@ def _start(
     writer = RingWriter(ring, s.overflow_size, first_seq=first_seq)
 
     def warn_drop() -> None:
-        from .console import deferred
+        from runstream.console import deferred
 
         with deferred():  # called inside the ring's push: a wrapped print must not push again
             print(
@@ -301,7 +301,7 @@ def _start(
         if online.api_key:
             extra_env["RUNSTREAM_API_KEY"] = online.api_key  # never on the command line
     run._online = online  # type: ignore[attr-defined]
-    from . import console
+    from runstream import console
 
     cap = console.start(s.console, run._emit, lambda m: say(s, m))
     run._console = cap  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .settings import Settings
+from runstream.settings import Settings
 
 POLL = 0.25
 MAX_RESTARTS = 20
@@ -56,7 +56,7 @@ class SidecarSupervisor:
         cmd = [
             sys.executable,
             "-m",
-            "runstream_ingest.sidecar",
+            "runstream_ingest.sidecar.main",
             "--ring", str(self.ring_path),
             "--run-dir", str(self.run_dir),
             "--producer-pid", str(os.getpid()),

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from runstream import records as rec
+from runstream.format import record as rec
 from runstream_ingest.server.args import DB_NAME
-from runstream_ingest.storage.base import KIND_CONSOLE, KIND_FILE, KIND_SYSTEM
-from runstream_ingest.storage.sqlite import SqliteStorage
+from runstream_ingest.server.storage.interface import KIND_CONSOLE, KIND_FILE, KIND_SYSTEM
+from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

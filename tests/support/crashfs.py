@@ -1,4 +1,4 @@
-"""``CrashFileSystem``: an in-memory ``runstream_ingest.fileio.FileSystem`` that can lose power.
+"""``CrashFileSystem``: an in-memory ``runstream.format.fs.FileSystem`` that can lose power.
 
 It keeps apart what a process sees (the page cache) and what would survive a power cut:
 

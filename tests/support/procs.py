@@ -38,7 +38,7 @@ import psutil
 from runstream import ring
 from runstream.ring import W_SIDECAR_PID, RingMap
 
-SIDECAR_MODULE = "runstream_ingest.sidecar"
+SIDECAR_MODULE = "runstream_ingest.sidecar.main"
 
 # Put at the top of every training script: the two halves of the line protocol.
 SCRIPT_PRELUDE = """\
@@ -171,7 +171,7 @@ def is_live_sidecar(pid: int, root: Path) -> bool:
 def runstream_inspect(run_dir: Path, *args: str) -> str:
     """``runstream inspect RUN_DIR ARGS`` as a user runs it; its stdout (stderr shown on failure)."""
     r = subprocess.run(
-        [sys.executable, "-m", "runstream.cli", "inspect", str(run_dir), *args],
+        [sys.executable, "-m", "runstream.cli.main", "inspect", str(run_dir), *args],
         check=False,
         capture_output=True,
         text=True,
@@ -356,7 +356,7 @@ def start_script(
     stderr_path = tmp_path / "train.stderr"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNSTREAM_", "WANDB_"))}
     # stdout is the protocol: it must not depend on a sidecar that fault tests stall or break
-    # (tests/test_console.py turns capture on with settings=)
+    # (tests/sidecar/test_console.py turns capture on with settings=)
     full_env["RUNSTREAM_CONSOLE"] = "off"
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"

@@ -51,7 +51,7 @@ def start_server(
     with contextlib.suppress(FileNotFoundError):
         info_path.unlink()
     cmd = [
-        sys.executable, "-m", "runstream.cli", "server", "--host", "127.0.0.1",
+        sys.executable, "-m", "runstream.cli.main", "server", "--host", "127.0.0.1",
         "--port", str(http_port), "--grpc-port", str(grpc_port), "--data-dir", str(data_dir), *extra,
     ]  # fmt: skip
     with open(data_dir / "server.log", "ab") as log:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .keys_cli import DB_NAME, DEFAULT_DATA_DIR, data_dir
+from runstream_ingest.server.auth.keys_cli import DB_NAME, DEFAULT_DATA_DIR, data_dir
 
 __all__ = ["DB_NAME", "DEFAULT_DATA_DIR", "DEFAULT_PORT", "add_server_args", "data_dir"]
 

@@ -34,9 +34,11 @@ from typing import Any
 import grpc
 import zstandard
 
-from runstream import records as rec
-
-from ..storage.base import (
+from runstream.format import record as rec
+from runstream_ingest.server.auth.guard import Authenticator, AuthError
+from runstream_ingest.server.commit import StorageWriter
+from runstream_ingest.server.decode import decode_batch
+from runstream_ingest.server.storage.interface import (
     RESUME_MODES,
     BadBatch,
     BatchWrite,
@@ -46,11 +48,8 @@ from ..storage.base import (
     Storage,
     StoreResult,
 )
-from ..storage.batch import decode_batch
-from ..wire import ingest_pb2 as pb
-from ..wire import ingest_pb2_grpc as pb_grpc
-from .auth import Authenticator, AuthError
-from .writer import StorageWriter
+from runstream_ingest.wire import ingest_pb2 as pb
+from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 
 log = logging.getLogger("runstream.server.ingest")
 

@@ -24,16 +24,16 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from ..storage.sqlite import SqliteStorage
-from ..wire import ingest_pb2_grpc as pb_grpc
-from .args import DB_NAME, data_dir
-from .auth import Authenticator, auth_required, insecure_warning
-from .blobs import BlobStore
-from .http_api import HttpApi
-from .ingest_service import IngestService, Limits
-from .keys import KeyStore
-from .live import LiveHub
-from .writer import StorageWriter
+from runstream_ingest.server.args import DB_NAME, data_dir
+from runstream_ingest.server.auth.guard import Authenticator, auth_required, insecure_warning
+from runstream_ingest.server.auth.keys import KeyStore
+from runstream_ingest.server.commit import StorageWriter
+from runstream_ingest.server.http.api import HttpApi
+from runstream_ingest.server.http.blobs import BlobStore
+from runstream_ingest.server.http.live import LiveHub
+from runstream_ingest.server.ingest_service import IngestService, Limits
+from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
+from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 
 log = logging.getLogger("runstream.server")
 

@@ -1,0 +1,351 @@
+"""The SQLite backend's ingest path: batches into runs, group commit (docs/storage.md).
+
+``store_batches`` takes every batch of a group commit in ONE transaction.  Each batch is
+admitted against its writer's progress in turn (duplicate, overlap or gap; the dedupe key and
+the progress are written in the same transaction as its data), and the records of a run's
+batches are then folded into the run together: one load and save of the run's fold, one chunk
+per key for all of them.  A batch that fails is rolled back to its savepoint and the others go
+on; a run whose batches fail together is stored again batch by batch, so that only the failing
+one fails.
+
+Concurrency contract: these functions run inside ``SqliteStorage``'s write transaction, on the
+storage's one writer thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Any
+
+from runstream.format import record as rec
+from runstream.read.local import flatten
+from runstream_ingest.server.decode import RecordBatch, join_records
+from runstream_ingest.server.storage.history import chunks as ck
+from runstream_ingest.server.storage.history import columns as cl
+from runstream_ingest.server.storage.interface import (
+    KIND_CONSOLE,
+    KIND_FILE,
+    KIND_SYSTEM,
+    BatchWrite,
+    RunFold,
+    SequenceGap,
+    StorageError,
+    StoreResult,
+    check_batch,
+    run_path,
+)
+from runstream_ingest.server.storage.sqlite.schema import (
+    HISTORY,
+    INSERT_CHUNK,
+    LOAD_FOLD,
+    META_KINDS,
+    SYSTEM,
+    chunk_row,
+    opt_str,
+    pack,
+    unpack,
+)
+
+if TYPE_CHECKING:
+    from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
+
+
+def store_batches(store: SqliteStorage, batches: Sequence[BatchWrite]) -> list[StoreResult | Exception]:
+    out: list[StoreResult | Exception | None] = [None] * len(batches)
+    by_run: dict[tuple[str, str, str], list[int]] = {}
+    for i, b in enumerate(batches):
+        by_run.setdefault((b.entity, b.project, b.run_id), []).append(i)
+    if len(batches) == 1:
+        b = batches[0]
+        what = f"storing batch {b.first_seq}..{b.last_seq} of run {run_path(*next(iter(by_run)))}"
+        what += f" writer {b.writer_id}"
+    else:
+        what = f"storing {len(batches)} batches"
+    with store._write(what) as c:
+        for idx in by_run.values():
+            # Runs are independent, so each run's batches are stored as one: one fold of
+            # the run, one set of chunks.  Should any of them fail, they are stored again
+            # one by one, so that only the failing batch fails, as if stored alone.
+            if len(idx) > 1 and _store_run(store, c, [batches[i] for i in idx], out, idx):
+                continue
+            for i in idx:
+                out[i] = _store_alone(store, c, batches[i])
+    return out  # type: ignore[return-value]  # every place is filled
+
+
+def _store_alone(store: SqliteStorage, c: sqlite3.Connection, b: BatchWrite) -> StoreResult | Exception:
+    c.execute("SAVEPOINT batch")
+    try:
+        result, rid, todo = _admit(store, c, b)
+        if todo:
+            _apply(store, c, rid, b.writer_id, todo)
+        return result
+    except Exception as e:
+        store._rollback_to("batch")
+        if isinstance(e, sqlite3.Error):
+            what = f"{b.first_seq}..{b.last_seq} of run {run_path(b.entity, b.project, b.run_id)}"
+            e = StorageError(f"storing batch {what} writer {b.writer_id}: {e}")
+        return e
+    finally:
+        c.execute("RELEASE batch")
+
+
+def _store_run(
+    store: SqliteStorage, c: sqlite3.Connection, batches: list[BatchWrite], out: list[Any], idx: list[int]
+) -> bool:
+    """Batches of one run, each admitted in turn, their records folded in together (per
+    stretch of one writer); False, with nothing written, if anything failed."""
+    c.execute("SAVEPOINT run")
+    try:
+        results = []
+        stretches: list[tuple[int, str, list[Sequence[rec.Record]]]] = []
+        for b in batches:
+            result, rid, todo = _admit(store, c, b)
+            results.append(result)
+            if not todo:
+                continue
+            if stretches and stretches[-1][1] == b.writer_id:
+                stretches[-1][2].append(todo)
+            else:
+                stretches.append((rid, b.writer_id, [todo]))
+        for rid, writer_id, parts in stretches:
+            _apply(store, c, rid, writer_id, join_records(parts))
+    except Exception:
+        store._rollback_to("run")
+        return False
+    finally:
+        c.execute("RELEASE run")
+    for i, r in zip(idx, results, strict=True):
+        out[i] = r
+    return True
+
+
+def _admit(
+    store: SqliteStorage, c: sqlite3.Connection, b: BatchWrite
+) -> tuple[StoreResult, int, Sequence[rec.Record]]:
+    """Check a batch against its writer's progress and record it as stored (dedupe key,
+    progress); returns its result, the run's id and the records still to fold in."""
+    entity, project, run_id, writer_id, first_seq, last_seq = (
+        b.entity, b.project, b.run_id, b.writer_id, b.first_seq, b.last_seq
+    )  # fmt: skip
+    path = run_path(entity, project, run_id)
+    check_batch(path, first_seq, last_seq, b.records)
+    rid = store._need_run(c, entity, project, run_id)
+    row = c.execute(
+        "SELECT acked_seq FROM writers WHERE run = ? AND writer_id = ?", (rid, writer_id)
+    ).fetchone()
+    acked = 0 if row is None else int(row[0])
+    if last_seq <= acked:
+        return StoreResult(True, acked), rid, ()
+    if first_seq > acked + 1:
+        raise SequenceGap(path, writer_id, acked + 1, first_seq)
+    todo = b.records[acked + 1 - first_seq :] if first_seq <= acked else b.records
+    try:
+        # The dedupe key: the primary key refuses a batch stored before even if the
+        # progress row below were somehow behind.
+        c.execute(
+            "INSERT INTO batches(run, writer_id, last_seq, first_seq, records, stored_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (rid, writer_id, last_seq, first_seq, len(todo), store._clock()),
+        )
+    except sqlite3.IntegrityError:
+        return StoreResult(True, max(acked, last_seq)), rid, ()
+    c.execute(
+        "INSERT INTO writers(run, writer_id, acked_seq, opened_at) VALUES (?,?,?,?)"
+        " ON CONFLICT(run, writer_id) DO UPDATE SET acked_seq = excluded.acked_seq",
+        (rid, writer_id, last_seq, store._clock()),
+    )
+    return StoreResult(False, last_seq, len(todo)), rid, todo
+
+
+def _apply(
+    store: SqliteStorage, c: sqlite3.Connection, rid: int, writer_id: str, records: Sequence[rec.Record]
+) -> None:
+    """Fold records into the run (inside the caller's transaction)."""
+    (state, ended_by, start, meta, config, latest, pinned, unpinned, stats, last_step, row_count,
+     regressions) = c.execute(LOAD_FOLD, (rid,)).fetchone()  # fmt: skip
+    fold = RunFold(unpack(meta), unpack(config), unpack(latest), unpack(pinned), unpack(unpinned),
+                   unpack(stats), start, regressions=regressions)  # fmt: skip
+    rows: Sequence[rec.Record] = records
+    others: Sequence[rec.Record] = ()
+    if isinstance(records, RecordBatch):
+        is_row = records.kind == rec.KIND_ROW
+        if not is_row.all():
+            rows, others = records.select(is_row), records.select(~is_row).records()
+    elif bytes(map(attrgetter("kind"), records)).count(rec.KIND_ROW) != len(records):
+        rows = [r for r in records if r.kind == rec.KIND_ROW]
+        others = [r for r in records if r.kind != rec.KIND_ROW]
+    raw: list[tuple[rec.Record, str]] = []
+    system: list[rec.Record] = []
+    if others:  # all rows is the common case: no loop
+        for r in others:
+            k = r.kind
+            if k in META_KINDS:
+                if not fold.apply(r):
+                    raw.append((r, "malformed body"))
+            elif k == KIND_SYSTEM:
+                system.append(r)
+            elif k == KIND_CONSOLE:
+                if not _console(store, c, rid, r):
+                    raw.append((r, "malformed body"))
+            elif k == KIND_FILE:
+                if not _file(store, c, rid, r):
+                    raw.append((r, "malformed body"))
+            else:
+                raw.append((r, f"unknown kind {k}"))
+    chunk_rows: list[tuple[Any, ...]] = []
+    if rows:
+        if isinstance(rows, RecordBatch):
+            cols, malformed, dropped = cl.batch_columns(rows, last_step)
+        else:
+            cols, malformed, dropped = cl.rows_to_columns(rows, last_step)
+        raw += [(r, "malformed row body") for r in malformed]
+        if dropped:
+            fold.regressions += dropped
+            fold.dirty.add("summary")
+        if cols is not None:
+            steps, times = cols.steps, cols.times
+            sids = store._series(c, rid, HISTORY, cols.order)
+            cols.numeric["_timestamp"] = cl.Column(steps, times, times, ck.VT_F64)
+            shared: dict[tuple[int, int, int, int], ck.XPart] = {}
+            for key, col in cols.numeric.items():
+                for blob, st in ck.encode_points(col.steps, col.times, col.values, col.vtype, shared):
+                    chunk_rows.append(chunk_row(sids[key], blob, st))
+            c.executemany(
+                "INSERT INTO history_values(run, step, series, time, value) VALUES (?,?,?,?,?)",
+                [(rid, s, sids[k], t, pack(v)) for k, s, t, v in cols.other],
+            )
+            last = cols.last
+            last_step, last_time = int(steps[-1]), float(times[-1])
+            last["_step"], last["_timestamp"], last["_runtime"] = (
+                last_step,
+                last_time,
+                fold.runtime(last_time),
+            )
+            fold.add_latest(last)
+            row_count += len(steps)
+    if system:
+        raw += _system(store, c, rid, system, chunk_rows)
+    c.executemany(INSERT_CHUNK, chunk_rows)
+    if raw:
+        c.executemany(
+            "INSERT OR IGNORE INTO raw_records VALUES (?,?,?,?,?,?,?,?,?)",
+            [(rid, writer_id, r.seq, r.kind, r.flags, r.step, r.time, r.body, why) for r, why in raw],
+        )
+    _save_fold(store, c, rid, fold, state, ended_by, last_step, row_count)
+
+
+def _save_fold(
+    store: SqliteStorage,
+    c: sqlite3.Connection,
+    rid: int,
+    fold: RunFold,
+    state: str,
+    ended_by: str | None,
+    last_step: int,
+    rows: int,
+) -> None:
+    sets: dict[str, Any] = {"last_step": last_step, "row_count": rows, "heartbeat_at": None}
+    if ended_by == "stale":  # data is proof of life
+        sets.update(state="running", ended_by=None, finished_at=None)
+    if "meta" in fold.dirty:
+        m = fold.meta
+        tags = m.get("tags")
+        sets.update(
+            meta=pack(m), start_time=fold.start_time, name=opt_str(m.get("name")),
+            host=opt_str(m.get("host")), program=opt_str(m.get("program")), grp=opt_str(m.get("group")),
+            job_type=opt_str(m.get("job_type")), notes=opt_str(m.get("notes")),
+            tags=pack([str(t) for t in tags] if isinstance(tags, list) else []),
+        )  # fmt: skip
+    if "config" in fold.dirty:
+        sets["config"] = pack(fold.config)
+    if "summary" in fold.dirty:
+        sets.update(
+            latest=pack(fold.latest), pinned=pack(fold.pinned), unpinned=pack(fold.unpinned),
+            stats=pack(fold.stats), regressions=fold.regressions, summary=pack(fold.summary()),
+        )  # fmt: skip
+    if "exit" in fold.dirty:
+        st, code = fold.exit_state()
+        sets.update(state=st, exit_code=code, ended_by="exit", finished_at=fold.exit_time)
+    assign = ", ".join(
+        "heartbeat_at = max(heartbeat_at, ?)" if k == "heartbeat_at" else f"{k} = ?" for k in sets
+    )
+    sets["heartbeat_at"] = store._clock()
+    c.execute(f"UPDATE runs SET {assign} WHERE id = ?", (*sets.values(), rid))
+
+
+def _system(
+    store: SqliteStorage,
+    c: sqlite3.Connection,
+    rid: int,
+    records: list[rec.Record],
+    out: list[tuple[Any, ...]],
+) -> list[tuple[rec.Record, str]]:
+    """A batch's system samples as one chunk per key (x = time); a sample holding something
+    other than numbers is also kept raw, so nothing of it is lost."""
+    raw: list[tuple[rec.Record, str]] = []
+    samples: list[tuple[float, int, dict[str, Any]]] = []
+    for r in records:
+        try:
+            body = r.value()
+        except Exception:
+            body = None
+        if not isinstance(body, dict):
+            raw.append((r, "malformed body"))
+            continue
+        flat = {str(k): v for k, v in flatten(body).items()}
+        good = {k: v for k, v in flat.items() if ck.value_type([v]) is not None}
+        if len(good) != len(flat):
+            raw.append((r, "system sample holds values that are not numbers"))
+        samples.append((r.time, r.step, good))
+    if samples:
+        samples.sort(key=itemgetter(0))  # chunks of a system series are in time order
+        cols = cl.build_columns(
+            [s for _, s, _ in samples], [t for t, _, _ in samples], [d for *_, d in samples]
+        )
+        sids = store._series(c, rid, SYSTEM, list(cols.numeric))
+        for key, col in cols.numeric.items():
+            for blob, st in ck.encode_points(col.steps, col.times, col.values, col.vtype):
+                out.append(chunk_row(sids[key], blob, st))
+    return raw
+
+
+def _console(store: SqliteStorage, c: sqlite3.Connection, rid: int, r: rec.Record) -> bool:
+    try:
+        body = r.value()
+    except Exception:
+        return False
+    lines = body.get("lines") if isinstance(body, dict) else None
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    if not isinstance(lines, list):
+        return False
+    stream = str(body.get("stream") or "stdout")
+    c.executemany(
+        "INSERT INTO console_lines(run, seq, time, stream, line) VALUES (?,?,?,?,?)",
+        [(rid, r.seq, r.time, stream, str(line)) for line in lines],
+    )
+    return True
+
+
+def _file(store: SqliteStorage, c: sqlite3.Connection, rid: int, r: rec.Record) -> bool:
+    try:
+        body = r.value()
+    except Exception:
+        return False
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str):
+        return False
+    size = body.get("size")
+    c.execute(
+        # A save request (no sha256) must not hide an uploaded version that came first on the
+        # companion's stream: the two writers' records are not ordered with each other.
+        "INSERT INTO files(run, path, sha256, size, policy, time) VALUES (?,?,?,?,?,?) "
+        "ON CONFLICT(run, path) DO UPDATE SET sha256 = coalesce(excluded.sha256, sha256), "
+        "size = coalesce(excluded.size, size), policy = coalesce(excluded.policy, policy), "
+        "time = max(time, excluded.time)",
+        (rid, body["path"], opt_str(body.get("sha256")), size if isinstance(size, int) else None,
+         opt_str(body.get("policy")), r.time),
+    )  # fmt: skip
+    return True

@@ -1,0 +1,510 @@
+"""The sidecar: the process that moves a run's records from the ring to the journal.
+
+Started by ``runstream.init`` as ``python -m runstream_ingest.sidecar.main`` in its own session (so a
+Ctrl-C in the terminal does not kill it before it drains).  One pass of its loop is the pipeline
+in order::
+
+    RingReader.poll ─► Batcher.add ─► (due) Compressor ─► JournalWriter.append ─► RingReader.release
+                                                             └─ group commit: sync() every ~1 s
+
+Beside it, the records the sidecar makes itself (system metrics, console, environment, files)
+go through its ``CompanionWriter`` (companion.py): a second writer of the run with its own seqs,
+journal and stream.  Each source of them is a ``Source``: started with the loop, closed (its last
+records written) before the companion's journal is closed.
+
+Invariants
+* Ring space is released only for records the journal writer has taken (written, or held in its
+  memory while the disk fails), so a ``kill -9`` of the sidecar loses nothing: its successor
+  re-reads the unreleased records and skips those the journal already has (by seq).
+* The sidecar never stops the training process: if it dies, ``log`` keeps filling the ring and
+  the SDK starts another sidecar.
+* It exits when its producer has closed the ring (``finish``) or died, and the ring is empty.
+  A producer that died is recorded as a crashed run.
+
+Concurrency contract: a ``Sidecar`` runs on one asyncio event loop (uvloop when available); the
+other threads are the executor running ``JournalWriter.sync`` and the console's tee writers
+(``console_capture.py``), which touch nothing but their own queues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runstream.format import record as rec
+from runstream.read.local import RunState, json_safe
+from runstream.ring import (
+    W_ACKED_SEQ,
+    W_CLOSED,
+    W_DROPPED,
+    W_DROPPED_BYTES,
+    W_FIRST_SEQ,
+    W_HEAD,
+    W_JOURNAL_ERRORS,
+    W_JOURNALED,
+    W_JOURNALED_SEQ,
+    W_OVERFLOW_PEAK,
+    W_SIDECAR_LOST,
+    W_SIDECAR_PID,
+    W_SKIPPED_BYTES,
+    W_STEP_REGRESSIONS,
+    W_SYNCED_SEQ,
+    RingMap,
+)
+from runstream_ingest.sidecar.batcher import Batcher, Compressor
+from runstream_ingest.sidecar.journal import CODEC_ZSTD, TYPE_BATCH, JournalWriter, encode_frame
+from runstream_ingest.sidecar.ring_reader import RingReader
+from runstream_ingest.sidecar.shipper import Identity, Shipper
+from runstream_ingest.sidecar.sources.companion import (
+    COMPANION_RESUME,
+    COMPANION_SUFFIX,
+    CompanionWriter,
+    Source,
+    companion_dir,
+)
+
+log = logging.getLogger("runstream.sidecar")
+
+POLL_INTERVAL = 0.01  # the ring is polled this often once caught up (64 MiB lasts ~1 s at full rate)
+LIVENESS_EVERY = 0.2  # the producer's death is noticed within this
+# After IDLE_AFTER seconds without a record the poll slows to IDLE_POLL_INTERVAL: 100 empty polls a
+# second cost an idle sidecar ~2 % of a core (bench/context_overhead.py), 20 cost ~0.5 %.  The
+# first record after a pause waits at most that much longer; the ring holds minutes of it.
+IDLE_AFTER = 1.0
+IDLE_POLL_INTERVAL = 0.05
+FINAL_WRITE_TIMEOUT = 30.0  # at exit, how long to keep retrying a failing disk
+SUMMARY_BACKLOG = 256 << 20  # bytes of journaled batches waiting to be folded into the summary
+SUMMARY_SLICE = 0.004  # seconds of summary folding per caught-up pass
+
+
+class Sidecar:
+    def __init__(self, ring: RingMap, run_dir: Path, opts: argparse.Namespace) -> None:
+        self.ring = ring
+        self.words = ring.words
+        self.run_dir = run_dir
+        self.opts = opts
+        self.journal = JournalWriter(run_dir / "journal", fsync=opts.fsync, memory_limit=opts.memory)
+        self.journal.open()
+        self.reader = RingReader(ring, after_seq=self.journal.last_seq)
+        self._next_seq = self.journal.last_seq + 1 if self.journal.last_seq else ring_first_seq(ring)
+        self.batcher = Batcher(opts.batch_bytes, opts.batch_age)
+        self.compressor = Compressor(opts.zstd_level)
+        self.config: dict[str, Any] = {}
+        self.exit_seen = False
+        self.journaled = 0
+        self._sync_task: asyncio.Future[Any] | None = None
+        self._last_sync = time.monotonic()
+        self._initial_ppid = os.getppid()
+        self._errors_before = int(ring.words[W_JOURNAL_ERRORS])
+        # The summary is folded from journaled batches while the sidecar is idle, so finish need
+        # not replay the whole journal.  Past the backlog bound (or when an earlier sidecar wrote
+        # part of the journal) it falls back to a replay at exit.
+        self.summary = RunState(keep_rows=False)
+        self._unsummarised: deque[bytes] = deque()
+        self._unsummarised_bytes = 0
+        self._summary_replay = self.journal.last_seq > 0
+        self.companion = CompanionWriter(
+            run_dir, fsync=opts.fsync, batch_age=max(opts.batch_age, 0.05), zstd_level=opts.zstd_level
+        )
+        self.shipper: Shipper | None = None
+        self.companion_shipper: Shipper | None = None
+        if opts.url:
+            key = os.environ.get("RUNSTREAM_API_KEY")
+            ident = Identity(opts.entity, opts.project, opts.run_id, opts.writer_id, opts.resume)
+            self.shipper = Shipper(run_dir, ident, opts.url, key, on_acked=self._acked)
+            cident = Identity(
+                opts.entity, opts.project, opts.run_id, opts.writer_id + COMPANION_SUFFIX, COMPANION_RESUME
+            )
+            self.companion_shipper = Shipper(companion_dir(run_dir), cident, opts.url, key)
+            self.companion.on_cut.append(self.companion_shipper.wake)
+        self.sources: list[Source] = self.make_sources()
+        self._source_tasks: list[asyncio.Task[None]] = []
+        self._companion_shipping: asyncio.Task[None] | None = None
+
+    def _lost_gap(self, first_seq: int) -> None:
+        """Records below ``first_seq`` are neither in the journal nor in the ring: an earlier
+        sidecar held them in memory for a failing disk and was killed.  Counted, never silent."""
+        lost = first_seq - self._next_seq
+        log.error("records %d..%d were lost with an earlier sidecar", self._next_seq, first_seq - 1)
+        self.words[W_SIDECAR_LOST] = self.words[W_SIDECAR_LOST] + lost
+
+    def _acked(self, seq: int) -> None:
+        self.words[W_ACKED_SEQ] = seq
+
+    # --- stage 3: batch -> frame -> journal ----------------------------------------------------
+    def cut(self) -> None:
+        batch = self.batcher.cut()
+        if batch is None:
+            return
+        payload = self.compressor.compress(batch.data)
+        frame = encode_frame(TYPE_BATCH, CODEC_ZSTD, batch.first_seq, batch.last_seq, payload)
+        self.journal.append(frame, batch.first_seq, batch.last_seq)
+        self._to_summarise(batch.data)
+        if self.shipper is not None:
+            self.shipper.wake()
+        self.reader.release()  # the journal has it now (on disk, or in its memory while disk fails)
+        self.journaled += batch.count
+        w = self.words
+        w[W_JOURNALED] = self.journaled
+        w[W_JOURNALED_SEQ] = self.journal.written_seq
+        w[W_JOURNAL_ERRORS] = self._errors_before + self.journal.errors  # cumulative over sidecars
+
+    def _to_summarise(self, data: bytes) -> None:
+        if self._summary_replay:
+            return
+        self._unsummarised.append(data)
+        self._unsummarised_bytes += len(data)
+        if self._unsummarised_bytes > SUMMARY_BACKLOG:
+            self._summary_replay = True
+            self._unsummarised.clear()
+
+    def summarise(self, budget: float) -> None:
+        """Fold queued batches into the summary for at most ``budget`` seconds."""
+        deadline = time.monotonic() + budget
+        while self._unsummarised and time.monotonic() < deadline:
+            data = self._unsummarised.popleft()
+            self._unsummarised_bytes -= len(data)
+            self.summary.feed(rec.iter_records(data))
+
+    def handle_control(self, records: list[rec.Record]) -> None:
+        for r in records:
+            if r.kind == rec.KIND_CONFIG:
+                self.config.update(r.value())
+                self.write_config()
+            elif r.kind == rec.KIND_EXIT:
+                self.exit_seen = True
+            elif r.kind == rec.KIND_FILE:  # runstream.save
+                self.files.request(r.value())
+
+    def write_config(self) -> None:
+        from runstream.rundir import write_text_atomic
+
+        try:
+            text = yaml.safe_dump(json_safe(self.config), sort_keys=False, allow_unicode=True)
+            write_text_atomic(self.run_dir / "files" / "config.yaml", text)
+        except OSError as e:  # a full disk must not stop the journal
+            log.warning("could not write config.yaml: %s", e)
+
+    # --- the loop --------------------------------------------------------------------------------
+    def drain_once(self) -> int:
+        """One pass over the ring; returns how many records were read."""
+        if self.journal.over_limit:
+            self.journal.retry()
+            return 0
+        n = 0
+        # At most what the open batch has room for (a whole record at least), so a batch keeps
+        # near batch_bytes even when the sidecar is behind: the journal's frame size is the user's.
+        for span in self.reader.poll(max(self.batcher.room(), 1)):
+            if span.count and span.first_seq > self._next_seq:
+                self._lost_gap(span.first_seq)
+            if span.count:
+                self._next_seq = span.last_seq + 1
+            self.batcher.add(span)
+            n += span.count
+            if span.control:
+                self.handle_control(span.control)
+            if self.batcher.size >= self.batcher.max_bytes:
+                self.cut()
+        if self.batcher.due():
+            self.cut()
+        if self.companion.due():
+            self.companion.cut()
+        return n
+
+    def producer_alive(self) -> bool:
+        # Reparenting is the instant signal that the producer (our parent) died.  Under a wrapper
+        # (strace, fiu-run) the parent is the wrapper, so compare with the parent we started with.
+        if os.getppid() != self._initial_ppid:
+            return False
+        pid = self.ring.producer_pid
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+    async def maybe_sync(self, loop: asyncio.AbstractEventLoop, force: bool = False) -> None:
+        if self._sync_task is not None:
+            if not self._sync_task.done():
+                if not force:
+                    return
+                await self._sync_task
+            self._sync_task = None
+            self.words[W_SYNCED_SEQ] = self.journal.synced_seq
+        if self.opts.fsync != "group":
+            return
+        now = time.monotonic()
+        if force:
+            await loop.run_in_executor(None, self._sync_journals)
+            self.words[W_SYNCED_SEQ] = self.journal.synced_seq
+        elif now - self._last_sync >= self.opts.fsync_interval and (
+            self.journal.written_seq > self.journal.synced_seq
+            or self.companion.journal.written_seq > self.companion.journal.synced_seq
+        ):
+            self._last_sync = now
+            self._sync_task = loop.run_in_executor(None, self._sync_journals)
+
+    def _sync_journals(self) -> None:
+        self.journal.sync()
+        self.companion.journal.sync()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.words[W_SIDECAR_PID] = os.getpid()
+        shipping = asyncio.create_task(self.shipper.run()) if self.shipper else None
+        self._companion_shipping = (
+            asyncio.create_task(self.companion_shipper.run()) if self.companion_shipper else None
+        )
+        self._source_tasks = [asyncio.create_task(src.run()) for src in self.sources]
+        next_check = 0.0
+        producer_gone = False
+        last_record = time.monotonic()
+        while True:
+            n = self.drain_once()
+            await self.maybe_sync(loop)
+            now = time.monotonic()
+            if n:
+                last_record = now
+            if now >= next_check:
+                next_check = now + LIVENESS_EVERY
+                closed = bool(self.words[W_CLOSED])
+                producer_gone = closed or not self.producer_alive()
+                if self.journal.pending_bytes:
+                    self.journal.retry()
+            if producer_gone and n == 0 and self.reader.pending <= 0:
+                n = self.drain_once()  # a last look: records published just before the close
+                if n == 0 and self.reader.pending <= 0:
+                    break
+            if self.reader.pending > 0:
+                await asyncio.sleep(0)  # more is published than one poll took: keep going
+            else:
+                # Caught up.  Sleeping (not spinning) while the producer trickles records in keeps
+                # the sidecar off the training process's core; the batch age bounds latency.
+                self.summarise(SUMMARY_SLICE)
+                idle = now - last_record > IDLE_AFTER and not self._unsummarised
+                await asyncio.sleep(IDLE_POLL_INTERVAL if idle else POLL_INTERVAL)
+        return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]), shipping=shipping)
+
+    async def shutdown(
+        self, loop: asyncio.AbstractEventLoop, crashed: bool, shipping: asyncio.Task[None] | None = None
+    ) -> int:
+        self.cut()
+        await self.close_sources()
+        self.append_own_records(crashed)
+        deadline = time.monotonic() + FINAL_WRITE_TIMEOUT
+        while self.journal.pending_bytes and time.monotonic() < deadline:
+            self.journal.retry()
+            if self.journal.pending_bytes:
+                await asyncio.sleep(0.2)
+        await self.maybe_sync(loop, force=True)
+        self.journal.close()
+        lost = self.journal.lost_records
+        self.words[W_SIDECAR_LOST] = self.words[W_SIDECAR_LOST] + lost
+        self.words[W_JOURNALED_SEQ] = self.journal.written_seq
+        self.words[W_SYNCED_SEQ] = self.journal.synced_seq
+        if lost:
+            log.error("the disk never came back: %d records held in memory were lost", lost)
+        self.write_summary()
+        deadline = time.monotonic() + self.opts.upload_timeout
+        await self.files.finish(deadline)  # after write_summary: summary.json is one of the files
+        companion_lost = self.companion.close()
+        if companion_lost:
+            log.error("%d of the sidecar's own records (system, console, files) were lost", companion_lost)
+        for shipper, task, journal in (
+            (self.shipper, shipping, self.journal),
+            (self.companion_shipper, self._companion_shipping, self.companion.journal),
+        ):
+            if shipper is None or task is None:
+                continue
+            done = await shipper.wait_acked(journal.written_seq, max(deadline - time.monotonic(), 0.0))
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if not done:
+                log.warning(
+                    "upload incomplete for writer %s: acked up to seq %d of %d (%s)",
+                    shipper.identity.writer_id,
+                    shipper.acked,
+                    journal.written_seq,
+                    shipper.fatal or "server not reachable",
+                )
+        return 0
+
+    # --- the sidecar's own sources (written through self.companion) ------------------------------
+    def make_sources(self) -> list[Source]:
+        """The sources this run's options ask for, in the order they are closed at exit."""
+        o = self.opts
+        sources: list[Source] = []
+        if o.console:  # the training process's stdout/stderr pipes
+            from runstream_ingest.sidecar.sources.console import ConsoleCapture
+
+            sources.append(ConsoleCapture(self.companion, self.run_dir, o.console))
+        from runstream_ingest.sidecar.sources.environment import (
+            RunContext,  # the code and environment, once per training process
+        )
+
+        sources.append(RunContext(self.run_dir, self.companion, o.disable_code, o.disable_git, o.save_code))
+        if o.stats_interval > 0:
+            from runstream_ingest.sidecar.sources.system import SystemMonitor
+
+            pid = self.ring.producer_pid
+            sources.append(SystemMonitor(self.companion, o.stats_interval, self.run_dir, pid))
+        from runstream_ingest.sidecar.sources.files import FileUploader  # runstream.save, and files/ at exit
+
+        key = os.environ.get("RUNSTREAM_API_KEY") if o.url else None
+        self.files = FileUploader(self.run_dir, self.companion, o.url, key, o.ignore_glob)
+        sources.append(self.files)  # its close() stops the watching; finish() uploads at exit
+        return sources
+
+    async def close_sources(self) -> None:
+        """Each source writes its last records (a console's final partial line...), then stops."""
+        for src in self.sources:
+            try:
+                await src.close()
+            except Exception:  # one failing source must not cost the others their last records
+                log.exception("closing %s", type(src).__name__)
+        for task in self._source_tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.companion.cut()
+
+    def append_own_records(self, crashed: bool) -> None:
+        """The loss counters (and, for a dead producer, its exit) go into the journal as records
+        of their own, seq'd after the producer's last one: the producer will write no more."""
+        w = self.words
+        stats = {
+            "dropped_records": int(w[W_DROPPED]),
+            "dropped_bytes": int(w[W_DROPPED_BYTES]),
+            "overflow_peak_bytes": int(w[W_OVERFLOW_PEAK]),
+            "step_regressions": int(w[W_STEP_REGRESSIONS]),
+            "ring_skipped_bytes": int(w[W_SKIPPED_BYTES]),
+            "sidecar_lost_records": int(w[W_SIDECAR_LOST]),
+            "companion_dropped_records": self.companion.dropped,
+        }
+        seq = max(self.journal.last_seq, self.reader.expected - 1 if self.reader.expected else 0) + 1
+        now = time.time()
+        out = [rec.encode(seq, rec.KIND_STATS, 0, now, rec.pack_body(stats), rec.FLAG_SIDECAR)]
+        if crashed and not self.exit_seen:
+            seq += 1
+            body = rec.pack_body({"exit_code": None, "state": "crashed"})
+            out.append(rec.encode(seq, rec.KIND_EXIT, 0, now, body, rec.FLAG_SIDECAR))
+        data = b"".join(out)
+        payload = self.compressor.compress(data)
+        first = seq - len(out) + 1
+        self.journal.append(encode_frame(TYPE_BATCH, CODEC_ZSTD, first, seq, payload), first, seq)
+        self._to_summarise(data)
+
+    def write_summary(self) -> None:
+        from runstream.read.local import replay
+        from runstream.rundir import write_json_atomic
+
+        try:
+            if self._summary_replay:
+                state, _ = replay(self.run_dir, keep_rows=False)
+            else:
+                self.summarise(float("inf"))
+                state = self.summary
+            write_json_atomic(self.run_dir / "files" / "summary.json", json_safe(state.summary))
+        except OSError as e:
+            log.warning("could not write summary.json: %s", e)
+
+
+def ring_first_seq(ring: RingMap) -> int:
+    """The seq the producer started at (1, or more for a resumed run): word W_FIRST_SEQ."""
+    return int(ring.words[W_FIRST_SEQ]) or 1
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="runstream-sidecar")
+    p.add_argument("--ring", type=Path, required=True)
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--producer-pid", type=int, default=0)
+    p.add_argument("--batch-bytes", type=int, default=1 << 20)
+    p.add_argument("--batch-age", type=float, default=0.1)
+    p.add_argument("--fsync", choices=["group", "always", "never"], default="group")
+    p.add_argument("--fsync-interval", type=float, default=1.0)
+    p.add_argument("--memory", type=int, default=256 << 20)
+    p.add_argument("--zstd-level", type=int, default=3)
+    # online runs: the server's address (the API key comes in RUNSTREAM_API_KEY, never argv)
+    p.add_argument("--url", default=None)
+    p.add_argument("--entity", default="")
+    p.add_argument("--project", default="")
+    p.add_argument("--run-id", default="")
+    p.add_argument("--writer-id", default="")
+    p.add_argument("--resume", default="")
+    p.add_argument("--upload-timeout", type=float, default=55.0)
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    # what the sidecar records by itself (settings.py documents each)
+    p.add_argument("--stats-interval", type=float, default=2.0, help="seconds between samples; 0: none")
+    p.add_argument("--disable-code", action="store_true")
+    p.add_argument("--disable-git", action="store_true")
+    p.add_argument("--save-code", action="store_true")
+    p.add_argument("--ignore-glob", action="append", default=[])
+    p.add_argument("--console", action="append", default=[], help="STREAM:READFD:TEEFD (console.md)")
+    return p.parse_args(argv)
+
+
+def take_lock(run_dir: Path) -> int | None:
+    fd = os.open(run_dir / "sidecar.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        filename=str(opts.run_dir / "logs" / "sidecar.log"),
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(message)s",
+    )
+    # The producer's terminal may send SIGINT to the whole foreground group before we detach;
+    # the sidecar finishes draining regardless.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    lock = take_lock(opts.run_dir)
+    if lock is None:
+        log.error("another sidecar holds %s; exiting", opts.run_dir / "sidecar.lock")
+        return 3
+    ring = RingMap.attach(opts.ring)
+    log.info("sidecar up: ring %s (%d bytes), run dir %s", opts.ring, ring.capacity, opts.run_dir)
+    sidecar = Sidecar(ring, opts.run_dir, opts)
+    if opts.loop == "uvloop":
+        import uvloop
+
+        code = uvloop.run(sidecar.run())
+    else:  # after uvloop aborted (libuv aborts on some unexpected write errors): the stdlib loop
+        code = asyncio.run(sidecar.run())
+    log.info(
+        "sidecar done: %d records journaled (seq %d, synced %d), head %d",
+        sidecar.journaled,
+        sidecar.journal.written_seq,
+        sidecar.journal.synced_seq,
+        int(ring.words[W_HEAD]),
+    )
+    if ring.words[W_CLOSED] or not sidecar.producer_alive():
+        with contextlib.suppress(OSError):
+            os.unlink(opts.ring)
+    os.close(lock)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Stage 4 of the sidecar: ship journal frames to the server over one gRPC stream, with acks.
+
+The shipper reads frames from the journal files (so what it sends is exactly what is durable
+here, and a restarted sidecar or ``runstream sync`` resumes the same way), sends each payload as
+it is — no re-encoding — and advances ``upload.json`` in the run dir when the server acks.  The
+server's ``Opened.acked_seq`` is the authority on where to resume: acked data is never sent again.
+
+Connection trouble (server down, network cut, restarts) is retried with exponential backoff and
+full jitter, 100 ms up to 30 s, for as long as the shipper runs.  Refusals that retrying cannot
+fix (bad key, wrong entity, a malformed batch) stop it with ``fatal`` set to the server's message.
+
+Concurrency contract: a ``Shipper`` runs on one asyncio event loop; ``wake`` may be called from
+that loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from runstream.format import record as rec
+from runstream.format.fs import OsFileSystem
+from runstream.format.journal_read import Damage, _Scan
+from runstream_ingest.sidecar.journal import CODEC_ZSTD, TYPE_BATCH, parse_segment_name, segment_name
+from runstream_ingest.wire import ingest_pb2 as pb
+from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
+
+log = logging.getLogger("runstream.shipper")
+
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 30.0
+WINDOW_BYTES = 8 << 20  # unacked bytes in flight on a stream
+MAX_PAYLOAD = (16 << 20) - 4096  # the server's default message limit, less the envelope
+HEARTBEAT_EVERY = 5.0
+FATAL = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+UPLOAD_MARKER = "upload.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str  # the server's one address, http(s)://host:port
+    grpc_addr: str  # host:port, from /api/v1/info
+    tls: bool
+    api_key: str | None
+
+
+@dataclass(frozen=True)
+class Identity:
+    entity: str
+    project: str
+    run_id: str
+    writer_id: str
+    resume: str = ""
+
+
+def discover(url: str, api_key: str | None, timeout: float = 5.0) -> Target:
+    """Ask the server which gRPC port goes with its HTTP address (raises OSError when down)."""
+    base = url.rstrip("/")
+    req = urllib.request.Request(base + "/api/v1/info")  # needs no key: none is sent
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        info = json.load(resp)
+    host = base.split("://", 1)[-1].rsplit(":", 1)[0]
+    return Target(base, f"{host}:{info['grpc_port']}", base.startswith("https://"), api_key)
+
+
+def read_marker(run_dir: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((run_dir / UPLOAD_MARKER).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+class JournalTail:
+    """Frames of a journal with seqs above ``after``, following the writer as it appends."""
+
+    def __init__(self, directory: Path, after: int) -> None:
+        self.directory = directory
+        self.fs = OsFileSystem()
+        self.after = after
+        self.segment: int | None = None
+        self.offset = 0
+
+    def reset(self, after: int) -> None:
+        self.after, self.segment, self.offset = after, None, 0
+
+    def _segments(self) -> list[int]:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(i for n in names if (i := parse_segment_name(n)) is not None)
+
+    def poll(self, max_bytes: int) -> list[tuple[int, int, int, bytes]]:
+        """(first_seq, last_seq, codec, payload) of the next frames, at most about max_bytes."""
+        out: list[tuple[int, int, int, bytes]] = []
+        size = 0
+        segments = self._segments()
+        if self.segment is None and segments:
+            self.segment, self.offset = segments[0], 0
+        while self.segment is not None and size < max_bytes:
+            path = str(self.directory / segment_name(self.segment))
+            later = [s for s in segments if s > self.segment]
+            fd = self.fs.open_read(path)
+            try:
+                scan = _Scan(self.fs, fd, 1 << 20)
+                scan.base = self.offset
+                stopped = False
+                for item in scan.run():
+                    if isinstance(item, Damage):
+                        if item.tail and not later:
+                            stopped = True  # a frame being written: look again next poll
+                            break
+                        self.offset = item.offset + item.length
+                        continue
+                    h = item.header
+                    self.offset = item.offset + 32 + h.payload_len
+                    if h.type == TYPE_BATCH and h.last_seq > self.after:
+                        out.append((h.first_seq, h.last_seq, h.codec, bytes(item.payload)))
+                        self.after = h.last_seq
+                        size += h.payload_len
+                        if size >= max_bytes:
+                            stopped = True
+                            break
+            finally:
+                self.fs.close(fd)
+            if stopped or not later:
+                break
+            self.segment, self.offset = later[0], 0
+        return out
+
+
+class Shipper:
+    def __init__(
+        self,
+        run_dir: Path,
+        identity: Identity,
+        url: str,
+        api_key: str | None,
+        on_acked: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.identity = identity
+        self.url = url
+        self.api_key = api_key
+        self.on_acked = on_acked
+        self.acked = int(read_marker(run_dir).get("acked_seq", 0))
+        self.tail = JournalTail(run_dir / "journal", self.acked)
+        self.fatal: str | None = None
+        self.connected = False
+        self.sent_bytes = 0
+        self.sent_records = 0
+        self.last_step = -1
+        self._wake = asyncio.Event()
+        self._acked_event = asyncio.Event()
+        self._marker_written = 0.0
+        self._marker_seq = self.acked
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _record_ack(self, seq: int) -> None:
+        if seq <= self.acked:
+            return
+        self.acked = seq
+        self._acked_event.set()
+        if self.on_acked is not None:
+            self.on_acked(seq)
+        now = time.monotonic()
+        if now - self._marker_written >= 0.2:
+            self.save_marker()
+
+    def save_marker(self) -> None:
+        """Progress marker: write-temp, fsync, rename, fsync-dir (never a torn marker)."""
+        if self._marker_seq == self.acked:
+            return
+        from runstream.rundir import write_json_atomic
+
+        try:
+            write_json_atomic(
+                self.run_dir / UPLOAD_MARKER,
+                {"acked_seq": self.acked, "writer_id": self.identity.writer_id, "url": self.url},
+            )
+            self._marker_seq = self.acked
+            self._marker_written = time.monotonic()
+        except OSError as e:  # a full disk must not stop uploading; the server knows the truth
+            log.warning("could not save %s: %s", UPLOAD_MARKER, e)
+
+    async def run(self) -> None:
+        """Ship until cancelled or refused for good."""
+        backoff = BACKOFF_MIN
+        while self.fatal is None:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                if e.code() in FATAL:
+                    self.fatal = f"{e.code().name}: {e.details()}"
+                    log.error("the server refused run %s: %s", self.identity.run_id, self.fatal)
+                    return
+                log.info("stream to %s ended: %s %s", self.url, e.code().name, e.details())
+            except (OSError, ValueError, KeyError) as e:
+                log.info("server %s not reachable: %s", self.url, e)
+            self.connected = False
+            if time.monotonic() - started > 5 * BACKOFF_MAX:
+                backoff = BACKOFF_MIN  # a long healthy session: start over
+            await asyncio.sleep(random.uniform(0, backoff))  # full jitter
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _session(self) -> None:
+        loop = asyncio.get_running_loop()
+        target = await loop.run_in_executor(None, discover, self.url, self.api_key)
+        options = [
+            ("grpc.max_send_message_length", 64 << 20),  # the server's limit is the one that counts
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+        channel = (
+            grpc.aio.secure_channel(target.grpc_addr, grpc.ssl_channel_credentials(), options)
+            if target.tls
+            else grpc.aio.insecure_channel(target.grpc_addr, options)
+        )
+        metadata = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+        async with channel:
+            stub = pb_grpc.IngestStub(channel)  # type: ignore[no-untyped-call]
+            call = stub.Stream(metadata=metadata)
+            i = self.identity
+            await call.write(
+                pb.ClientMessage(
+                    open=pb.Open(
+                        entity=i.entity,
+                        project=i.project,
+                        run_id=i.run_id,
+                        writer_id=i.writer_id,
+                        resume=i.resume,
+                        protocol_version=1,
+                    )
+                )
+            )
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("msg") != "opened":
+                raise ValueError("the server did not answer Open")
+            self.connected = True
+            self.last_step = first.opened.last_step
+            self._record_ack(first.opened.acked_seq)
+            self.tail.reset(self.acked)
+            reader = asyncio.create_task(self._read_acks(call))
+            try:
+                await self._send(call, reader)
+            finally:
+                reader.cancel()
+
+    async def _read_acks(self, call: Any) -> None:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                return
+            if msg.WhichOneof("msg") == "ack":
+                self._record_ack(msg.ack.seq)
+
+    async def _send(self, call: Any, reader: asyncio.Task[None]) -> None:
+        inflight: list[tuple[int, int]] = []  # (last_seq, bytes)
+        last_beat = time.monotonic()
+        while True:
+            if reader.done():
+                reader.result()  # raises the stream's error
+                raise ValueError("the server closed the stream")
+            inflight = [(s, n) for s, n in inflight if s > self.acked]
+            room = WINDOW_BYTES - sum(n for _, n in inflight)
+            frames = self.tail.poll(max(room, 1)) if room > 0 else []
+            for first, last, codec, payload in frames:
+                if len(payload) > MAX_PAYLOAD:
+                    self.fatal = (
+                        f"frame {first}..{last} is {len(payload)} bytes, over the {MAX_PAYLOAD}-byte "
+                        "message limit; it cannot be uploaded"
+                    )
+                    raise ValueError(self.fatal)
+                batch = pb.Batch(
+                    first_seq=first,
+                    last_seq=last,
+                    codec=pb.CODEC_ZSTD if codec == CODEC_ZSTD else pb.CODEC_NONE,
+                    crc32c=rec.crc32c(payload),
+                    payload=payload,
+                )
+                await call.write(pb.ClientMessage(batch=batch))
+                inflight.append((last, len(payload)))
+                self.sent_bytes += len(payload)
+                self.sent_records += last - first + 1
+            now = time.monotonic()
+            if now - last_beat >= HEARTBEAT_EVERY:
+                await call.write(pb.ClientMessage(heartbeat=pb.Heartbeat(time=time.time())))
+                last_beat = now
+            if not frames:
+                self._wake.clear()
+                self._acked_event.clear()
+                waits = [
+                    asyncio.ensure_future(self._wake.wait()),
+                    asyncio.ensure_future(self._acked_event.wait()),
+                ]
+                await asyncio.wait([*waits, reader], timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+
+    async def wait_acked(self, seq: int, timeout: float) -> bool:
+        """Wait until everything up to ``seq`` is acked (True) or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while self.acked < seq and self.fatal is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._acked_event.clear()
+            self.wake()
+            try:
+                await asyncio.wait_for(self._acked_event.wait(), min(left, 0.25))
+            except TimeoutError:
+                pass
+        self.save_marker()
+        return self.acked >= seq

@@ -1,0 +1,144 @@
+"""The ``runstream`` command.  ``runstream inspect RUN_DIR`` reads a run back from its journal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from runstream.errors import Error
+from runstream.read.local import RunData, json_safe, read_run
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(json_safe(value), default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _pairs(d: dict[str, Any], limit: int = 20) -> str:
+    items = list(d.items())
+    shown = ", ".join(f"{k}={_short(v, 30)}" for k, v in items[:limit])
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return (shown + more) or "(empty)"
+
+
+def print_run(data: RunData) -> None:
+    r = data.run
+    ended = r["state"] + (f" (exit code {r['exit_code']})" if r.get("exit_code") is not None else "")
+    j = data.journal
+    lines = [
+        ("run", f"{r.get('name')} ({r.get('id')})  {r.get('entity')}/{r.get('project')}  {ended}"),
+        ("dir", str(data.path)),
+        ("config", _pairs(data.config)),
+        ("summary", _pairs(data.summary)),
+        ("history", f"{data.history_rows} rows; keys: {', '.join(data.history_keys) or '(none)'}"),
+        ("first row", _short(data.first_row, 200) if data.first_row else "-"),
+        ("last row", _short(data.last_row, 200) if data.last_row else "-"),
+        ("dropped", f"{data.dropped}" + (f"  ({_pairs(data.stats)})" if data.dropped else "")),
+        (
+            "journal",
+            f"{j['frames']} frames in {j['segments']} segment(s), {j['records']} records, "
+            f"{j['skipped_bytes']} bytes skipped" + ("  <- damaged" if j["skipped_bytes"] else ""),
+        ),
+    ]
+    for label, text in lines:
+        print(f"{label:<10} {text}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    data = read_run(args.run_dir)
+    if args.history:
+        for row in data.history:
+            print(json.dumps(json_safe(row), default=str))
+    elif args.json:
+        print(json.dumps(json_safe(data.as_dict()), default=str, indent=2))
+    else:
+        print_run(data)
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from runstream_ingest.server.main import serve
+
+    return serve(args)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from runstream_ingest.sidecar.sync import sync_main
+
+    return sync_main(args)
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    from runstream.settings import write_directory_mode
+
+    path = write_directory_mode(args.command, args.dir)
+    print(f"runstream: runs started in {Path(args.dir).resolve()} are now {args.command} (saved in {path})")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from runstream.cli.restore import main as restore_main
+
+    return restore_main(args.run_path, host=args.host, branch=args.branch)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runstream.login import add_login_parser
+    from runstream_ingest.server.auth.keys_cli import add_keys_parser
+
+    p = argparse.ArgumentParser(prog="runstream", description="runstream: experiment tracking")
+    sub = p.add_subparsers(dest="command", required=True)
+    ins = sub.add_parser("inspect", help="print a run read back from its journal")
+    ins.add_argument("run_dir", help="a run directory, or runstream/latest-run")
+    out = ins.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object (NaN/Infinity as strings)")
+    out.add_argument("--history", action="store_true", help="every history row, one JSON object per line")
+    ins.set_defaults(func=cmd_inspect)
+
+    srv = sub.add_parser("server", help="run the ingest server, or manage its API keys")
+    from runstream_ingest.server.args import add_server_args
+
+    add_server_args(srv)
+    srv.set_defaults(func=cmd_server)
+    srv_sub = srv.add_subparsers(dest="server_command", metavar="{keys}")
+    add_keys_parser(srv_sub)
+
+    add_login_parser(sub)
+
+    syn = sub.add_parser("sync", help="upload runs (or what of them is not yet acknowledged)")
+    syn.add_argument("run_dirs", nargs="*", help="run directories")
+    syn.add_argument("--all", nargs="?", const=".", default=None, metavar="DIR", help="every run under DIR")
+    syn.add_argument("--host", default=None, help="server address (default: RUNSTREAM_HOST or login)")
+    syn.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    syn.set_defaults(func=cmd_sync)
+
+    rst = sub.add_parser(
+        "restore", help="check out a run's commit on a new branch, apply its diff.patch, write config.yaml"
+    )
+    rst.add_argument("run_path", help="entity/project/run_id on the server, or a run directory")
+    rst.add_argument("--branch", default=None, help="the new branch (default: runstream/<run id>)")
+    rst.add_argument("--host", default=None, help="server address (default: RUNSTREAM_HOST or login)")
+    rst.set_defaults(func=cmd_restore)
+
+    for mode in ("offline", "online"):
+        m = sub.add_parser(mode, help=f"make runs started in this directory {mode}")
+        m.add_argument("--dir", default=".", help="the directory (default: here)")
+        m.set_defaults(func=cmd_mode)
+
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Error as e:
+        print(f"runstream: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `runstream inspect --history | head`
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
