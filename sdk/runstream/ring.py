@@ -8,9 +8,9 @@ Design note (byte diagram, worked example and the memory-ordering argument: docs
 * ``head`` and ``tail`` are byte counters that only grow; ``head - tail`` bytes are in use and
   ``counter % capacity`` is a position.  Only the producer stores ``head``; only the consumer
   stores ``tail``.  Each sits on its own cache line in the control block.
-* A record (format in ``records.py``) never straddles the end of the data area: when it would, the
-  producer fills the rest with a PAD record (or, when fewer than 40 bytes remain, leaves them and
-  both sides skip them), and writes the record at offset 0.
+* A record (format in ``runstream.format.record``) never straddles the end of the data area: when
+  it would, the producer fills the rest with a PAD record (or, when fewer than 40 bytes remain,
+  leaves them and both sides skip them), and writes the record at offset 0.
 * Publication is ``head`` being stored *after* the record's bytes.  The consumer also checks each
   record's CRC-32C and that its ``seq`` is the next expected one, so a record whose bytes are not
   yet all visible (aarch64 may make the ``head`` store visible first) is simply not accepted yet,
@@ -33,7 +33,6 @@ another process.  Nothing else may write the mapping.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from collections import deque
@@ -42,48 +41,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runstream.errors import RecordTooLargeError
-from runstream.format.record import ALIGN, CRC_START, HEADER, HEADER_SIZE, KIND_PAD, crc32c
-
-# --- control block (docs/ring-format.md, "Control block") -------------------------------------
-MAGIC = b"RSRING\x00\x01"
-VERSION = 1
-CONTROL_SIZE = 4096  # the data area starts here, page-aligned
-_WORDS = struct.Struct("<8sIIQQ")  # magic, version, control size, capacity, producer pid
-
-# u64 word indexes into the control block
-W_HEAD = 8  # byte 64: producer-owned cache line
-# word 9 is reserved (was: records published; the seq already says it)
-W_DROPPED = 10  # records dropped because ring and overflow were both full
-W_DROPPED_BYTES = 11
-W_OVERFLOW_BYTES = 12  # bytes waiting in the overflow right now
-W_OVERFLOW_PEAK = 13
-W_STEP_REGRESSIONS = 14  # rows dropped because their step went backwards
-W_CLOSED = 16  # byte 128: 1 once the producer has published its last record
-W_TAIL = 24  # byte 192: consumer-owned cache line
-W_SIDECAR_PID = 25
-W_JOURNALED = 26  # records written to the journal
-W_JOURNALED_SEQ = 27  # highest seq written to the journal
-W_SYNCED_SEQ = 28  # highest seq covered by a successful fsync
-W_JOURNAL_ERRORS = 29
-W_SKIPPED_BYTES = 30  # ring bytes the consumer gave up on (damage: should never happen)
-W_SIDECAR_LOST = 31  # records sidecars held in memory for a failing disk and lost (exit, kill -9)
-W_ACKED_SEQ = 32  # byte 256: highest seq the server has acknowledged (online runs)
-W_FIRST_SEQ = 17  # byte 136: the seq of the producer's first record (1 unless resumed)
-
-MIN_CAPACITY = 64 * 1024
-DEFAULT_CAPACITY = 64 * 1024 * 1024
-
-
-MAX_RECORD = 8 * 1024 * 1024  # one record must fit a 16 MiB ingest message with room to spare
-
-
-def max_record(capacity: int) -> int:
-    """Largest record (header and padding included) a ring of ``capacity`` accepts.
-
-    A record must be contiguous, so one larger than half the ring could wait forever for a
-    position that leaves room for it before the end; and it must fit one message to the server.
-    """
-    return min(capacity // 2, MAX_RECORD)
+from runstream.format.record import CRC_START, HEADER, HEADER_SIZE, KIND_PAD, crc32c
+from runstream.format.ring_layout import (
+    MAX_RECORD,
+    W_CLOSED,
+    W_DROPPED,
+    W_DROPPED_BYTES,
+    W_FIRST_SEQ,
+    W_HEAD,
+    W_OVERFLOW_BYTES,
+    W_OVERFLOW_PEAK,
+    W_TAIL,
+    RingMap,
+    max_record,
+)
 
 
 def default_ring_path(run_id: str, run_dir: Path) -> Path:
@@ -91,63 +62,6 @@ def default_ring_path(run_id: str, run_dir: Path) -> Path:
     if shm.is_dir() and os.access(shm, os.W_OK):
         return shm / f"runstream-{run_id}-{os.getpid()}.ring"
     return run_dir / "ring"
-
-
-class RingMap:
-    """An open mapping of a ring file: the bytes, plus u64 views of the control block."""
-
-    def __init__(self, path: Path, fd: int, size: int) -> None:
-        self.path = path
-        # Map every page now (~13 ms for 64 MiB) rather than take a minor fault per 4 KiB on the
-        # producer's first lap: 63 per 1,000 logs, most of log's p99.
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        self.mm = mmap.mmap(fd, size, flags, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.buf = memoryview(self.mm)
-        self.words = self.buf[:CONTROL_SIZE].cast("Q")
-        _magic, _version, _control, capacity, pid = _WORDS.unpack_from(self.buf, 0)
-        self.capacity: int = capacity
-        self.producer_pid: int = pid
-        self.data = self.buf[CONTROL_SIZE : CONTROL_SIZE + capacity]
-
-    @classmethod
-    def create(cls, path: Path, capacity: int) -> RingMap:
-        if capacity < MIN_CAPACITY or capacity % ALIGN:
-            raise ValueError(f"ring capacity {capacity} must be >= {MIN_CAPACITY} and a multiple of 8")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, CONTROL_SIZE + capacity)
-            # Touch every page now (at init) so the hot path never takes a page fault that
-            # allocates tmpfs memory; a machine short of /dev/shm fails here, loudly, not in log().
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, CONTROL_SIZE + capacity)
-            header = _WORDS.pack(MAGIC, VERSION, CONTROL_SIZE, capacity, os.getpid())
-            os.pwrite(fd, header, 0)
-            return cls(path, fd, CONTROL_SIZE + capacity)
-        finally:
-            os.close(fd)
-
-    @classmethod
-    def attach(cls, path: Path) -> RingMap:
-        fd = os.open(path, os.O_RDWR)
-        try:
-            size = os.fstat(fd).st_size
-            if size < CONTROL_SIZE:
-                raise ValueError(f"{path} is not a runstream ring ({size} bytes)")
-            head = os.pread(fd, _WORDS.size, 0)
-            magic, version, control, capacity, _ = _WORDS.unpack(head)
-            if magic != MAGIC or version != VERSION or control != CONTROL_SIZE:
-                raise ValueError(f"{path} is not a runstream ring v{VERSION} (magic {magic!r})")
-            if size != CONTROL_SIZE + capacity:
-                raise ValueError(f"{path}: ring size {size} does not match its capacity {capacity}")
-            return cls(path, fd, size)
-        finally:
-            os.close(fd)
-
-    def close(self) -> None:
-        self.data.release()
-        self.words.release()
-        self.buf.release()
-        self.mm.close()
 
 
 class PyRingWriter:

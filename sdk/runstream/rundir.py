@@ -1,4 +1,4 @@
-"""The on-disk layout of runs (described in ``docs/run-dir.md``) and durable small-file writes.
+"""The on-disk layout of runs (described in ``docs/run-dir.md``).
 
 ``root`` below is always the user's root directory (``Settings.root_dir``); runs live in
 ``<root>/runstream/``.  Everything that creates a name fsyncs the directory that gained it, so a
@@ -7,16 +7,14 @@ run directory that exists after a power cut also has its ``journal/`` and its pa
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import os
 import secrets
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from runstream.errors import UsageError
+from runstream.format.atomic import fsync_dir, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +57,10 @@ def create_run_dir(root: Path, run_id: str, started: datetime) -> Path:
             f"run directory {str(run_dir)!r} already exists: another run with id {run_id!r} "
             "started in the same second. Use a different id."
         ) from None
-    _fsync_dir(base)
+    fsync_dir(base)
     for sub in (JOURNAL_DIR, FILES_DIR, LOGS_DIR):
         (run_dir / sub).mkdir()
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     return run_dir
 
 
@@ -76,22 +74,7 @@ def _makedirs_durable(path: Path) -> None:
         if not path.is_dir():
             raise
         return
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except (PermissionError, IsADirectoryError):  # Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        # Some filesystems cannot fsync directories; that is not a failure to persist.
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def update_latest_link(root: Path, run_dir: Path) -> None:
@@ -109,7 +92,7 @@ def update_latest_link(root: Path, run_dir: Path) -> None:
         except OSError:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(base)
+        fsync_dir(base)
     except (OSError, NotImplementedError) as e:
         log.debug("cannot make %s symlink (%s); writing %s", LATEST_LINK, e, LATEST_TXT)
         try:
@@ -172,27 +155,3 @@ def _latest_in(base: Path) -> Path | None:
     # No marker (e.g. it could not be written): the newest run by name is what it would say.
     runs = [r for r in find_run_dirs(base.parent) if is_run_dir(r)] if base.name == RUNS_DIRNAME else []
     return runs[-1] if runs else None
-
-
-# --- durable writes ---------------------------------------------------------------------------
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers and crashes see the old or the new content,
-    never a mix: write a temp file in the same directory, fsync it, rename it, fsync the dir."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """:func:`write_text_atomic` of ``obj`` as indented JSON.  Objects JSON cannot hold are written
-    as ``str(obj)`` and NaN/Infinity as Python's json writes them, so a summary never fails to save."""
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -11,10 +11,9 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runstream.format import frame as frame_format
 from runstream.format import record as rec
-from runstream.format.journal_read import decode_payload, read_journal
-from runstream_ingest.sidecar import journal
-from runstream_ingest.sidecar.journal import (
+from runstream.format.frame import (
     CODEC_NONE,
     CODEC_ZSTD,
     HEADER,
@@ -27,6 +26,7 @@ from runstream_ingest.sidecar.journal import (
     parse_segment_name,
     segment_name,
 )
+from runstream.format.journal_read import decode_payload, read_journal
 from tests.support import DOCS
 from tests.support.crashfs import CrashFileSystem
 from tests.support.frames import make_batch
@@ -159,7 +159,7 @@ def test_reader_bounds_decompressed_size_declared_or_not(monkeypatch: pytest.Mon
     assert zstandard.frame_content_size(undeclared) == -1
     for payload in (declared, undeclared):
         assert decode_payload(CODEC_ZSTD, payload) == batch
-    monkeypatch.setattr(journal, "MAX_BATCH", 4999)
+    monkeypatch.setattr(frame_format, "MAX_BATCH", 4999)
     for payload in (declared, undeclared):
         assert decode_payload(CODEC_ZSTD, payload) is None
     assert decode_payload(CODEC_NONE, batch) is None

@@ -29,7 +29,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from runstream import ring
 from runstream.format import record as rec
-from runstream.ring import MIN_CAPACITY, PyRingWriter, RingMap
+from runstream.format.ring_layout import MIN_CAPACITY, W_DROPPED, RingMap
+from runstream.ring import PyRingWriter
 from runstream_ingest.sidecar.ring_reader import RingReader
 from tests.format.test_ring import body_of, ring_file
 
@@ -285,7 +286,7 @@ def test_thousands_of_pushes_through_laps_and_a_full_ring_leave_identical_rings(
                 assert py == native
             if i % 97 == 0:
                 assert pair.rings[0].buf == pair.rings[1].buf
-        assert pair.rings[0].words[ring.W_DROPPED] > 0  # the overflow filled too
+        assert pair.rings[0].words[W_DROPPED] > 0  # the overflow filled too
         assert pair.rings[0].buf == pair.rings[1].buf
     finally:
         pair.close()
@@ -309,7 +310,7 @@ def test_native_records_read_back_intact_through_the_ring_reader() -> None:
                 break
         want = [(i + 1, k, 0, s, struct.pack("<d", t), b) for i, (k, s, t, b) in enumerate(sent)]
         assert got == want
-        assert pair.rings[1].words[ring.W_DROPPED] == 0
+        assert pair.rings[1].words[W_DROPPED] == 0
     finally:
         pair.close()
 

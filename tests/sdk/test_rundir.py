@@ -13,6 +13,7 @@ import pytest
 
 from runstream import rundir
 from runstream.errors import UsageError
+from runstream.format import atomic
 
 T0 = datetime(2026, 11, 25, 10, 55, 0)
 T1 = datetime(2026, 11, 25, 10, 56, 30)
@@ -30,13 +31,13 @@ def test_create_run_dir_fsyncs_each_parent_that_gained_an_entry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    real = rundir._fsync_dir
+    real = rundir.fsync_dir
 
     def spy(path: Path) -> None:
         synced.append(Path(path))
         real(path)
 
-    monkeypatch.setattr(rundir, "_fsync_dir", spy)
+    monkeypatch.setattr(rundir, "fsync_dir", spy)
     run_dir = rundir.create_run_dir(tmp_path, "ab12cd34", T0)
     assert synced == [tmp_path, tmp_path / "runstream", run_dir]
 
@@ -139,13 +140,13 @@ def test_find_run_dirs_sorted_oldest_first(tmp_path: Path) -> None:
 
 def test_atomic_writes(tmp_path: Path) -> None:
     target = tmp_path / "summary.json"
-    rundir.write_json_atomic(target, {"loss": 0.5, "when": T0, "bad": float("nan")})
+    atomic.write_json_atomic(target, {"loss": 0.5, "when": T0, "bad": float("nan")})
     assert json.loads(target.read_text()) == {
         "loss": 0.5,
         "when": str(T0),
         "bad": pytest.approx(float("nan"), nan_ok=True),
     }
-    rundir.write_text_atomic(target, "new\n")
+    atomic.write_text_atomic(target, "new\n")
     assert target.read_text() == "new\n"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
@@ -159,7 +160,7 @@ def test_failed_atomic_write_keeps_the_old_content(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="No space"):
-        rundir.write_text_atomic(target, "new: 2\n")
+        atomic.write_text_atomic(target, "new: 2\n")
     monkeypatch.undo()
     assert target.read_text() == "old: 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

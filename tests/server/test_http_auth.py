@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from runstream.format.api_key import new_key
 from runstream_ingest.server.args import DB_NAME
-from runstream_ingest.server.auth.keys import KeyStore, new_key
+from runstream_ingest.server.auth.keys import KeyStore
 from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
 from tests.storage.test_downsample import store_run
 from tests.support.server import ServerProc, start_server

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runstream_ingest.server.auth import keys as k
+from runstream.format import api_key as k
+from runstream.format.api_key import looks_like_key, mask, new_key
 from runstream_ingest.server.auth.guard import Authenticator, AuthError, auth_required, insecure_warning
-from runstream_ingest.server.auth.keys import KeyStore, looks_like_key, mask, new_key
+from runstream_ingest.server.auth.keys import KeyStore
 
 A_KEY = new_key()  # one key for the property tests: the checksum argument does not depend on which
 

@@ -1,4 +1,4 @@
-"""The dashboard's files as the server ships and serves them (server/web.py), without a browser:
+"""The dashboard's files as the server ships and serves them (server/web/), without a browser:
 every file is in the package, every reference and module import resolves, and caching is right
 (the page is revalidated; its versioned assets are immutable)."""
 
@@ -35,14 +35,15 @@ def web_files() -> set[str]:
 def test_every_web_file_is_in_the_packages_data() -> None:
     # (pyproject.toml read by hand: tomllib is not in Python 3.10, which the package supports)
     section = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
-    block = re.search(r"^runstream_ingest = \[(.*?)\]", section, re.M | re.S)
+    block = re.search(r'^"runstream_ingest.server.web" = \[(.*?)\]', section, re.M | re.S)
     assert block is not None
     patterns = re.findall(r'"([^"]+)"', block.group(1))
+    web_package = PACKAGE / "server" / "web"
     shipped = {
-        p.relative_to(PACKAGE).as_posix() for pat in patterns for p in PACKAGE.glob(pat) if p.is_file()
+        p.relative_to(PACKAGE).as_posix() for pat in patterns for p in web_package.glob(pat) if p.is_file()
     }
     missing = web_files() - shipped
-    assert not missing, f"files under server/web/ that a wheel would leave out: {sorted(missing)}"
+    assert not missing, f"files under server/web/static/ that a wheel would leave out: {sorted(missing)}"
 
 
 def test_every_relative_module_import_names_a_file_that_exists() -> None:
@@ -94,7 +95,7 @@ async def test_another_versions_path_or_an_unknown_file_is_not_found(
     assert (await client.get(f"{files.base}/js/main.js")).status == 200
     assert (await client.get("/static/0123456789abcdef/js/main.js")).status == 404
     assert (await client.get(f"{files.base}/js/nope.js")).status == 404
-    assert (await client.get(f"{files.base}/../web.py")).status == 404
+    assert (await client.get(f"{files.base}/../__init__.py")).status == 404
 
 
 def test_the_version_changes_when_a_file_changes(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Downsampling for charts (storage/series.py through storage/sqlite_query.py; docs/http-api.md,
-"Downsampling"): per bucket min, max, mean and count, so that no spike is ever hidden; exact
+"""Downsampling for charts (server/storage/history/series.py through server/storage/sqlite/query.py;
+docs/http-api.md, "Downsampling"): per bucket min, max, mean and count, so that no spike is ever hidden; exact
 points for short series; a result whose size depends on the bucket count only; x by step, wall
 time or relative time.  Runs are written through ``store_batch``, so chunks are laid out as real
 ingest lays them out.

@@ -1,7 +1,7 @@
 """The storage interface, tested against every backend (a fixture parametrised over them).
 
 The model is the offline reader: whatever a run's records fold into with
-``runstream.read.local.RunState`` (rows, summary, config, keys) is what the storage must give back.
+``runstream.format.fold.RunState`` (rows, summary, config, keys) is what the storage must give back.
 Backend-specific checks (raw SQL, on-disk damage) are marked with the backend they need.
 """
 
@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runstream.format import record as rec
-from runstream.read.local import RunState
+from runstream.format.fold import RunState
 from runstream_ingest.server import decode as bt
 from runstream_ingest.server.decode import decode_batch
 from runstream_ingest.server.storage import open_storage

@@ -7,7 +7,7 @@ then stored in one transaction together with its dedupe key, and only then acked
 durable.  A batch sent again after a lost ack is acked again and stored once — the database, not
 this process's memory, decides that.
 
-Batches of all streams meet in the storage writer's queue (``writer.py``), which stores all
+Batches of all streams meet in the storage writer's queue (``commit.py``), which stores all
 that wait in one group commit.  A stream reads ahead of its acks (``PIPELINE``), so its next batch
 is decoded while one is stored, but only that far: then it stops reading, and HTTP/2 flow
 control holds the client back.

@@ -8,7 +8,7 @@ in order::
                                                              └─ group commit: sync() every ~1 s
 
 Beside it, the records the sidecar makes itself (system metrics, console, environment, files)
-go through its ``CompanionWriter`` (companion.py): a second writer of the run with its own seqs,
+go through its ``CompanionWriter`` (sources/companion.py): a second writer of the run with its own seqs,
 journal and stream.  Each source of them is a ``Source``: started with the loop, closed (its last
 records written) before the companion's journal is closed.
 
@@ -23,7 +23,7 @@ Invariants
 
 Concurrency contract: a ``Sidecar`` runs on one asyncio event loop (uvloop when available); the
 other threads are the executor running ``JournalWriter.sync`` and the console's tee writers
-(``console_capture.py``), which touch nothing but their own queues.
+(``sources/console.py``), which touch nothing but their own queues.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ from typing import Any
 import yaml
 
 from runstream.format import record as rec
-from runstream.read.local import RunState, json_safe
-from runstream.ring import (
+from runstream.format.fold import RunState, json_safe
+from runstream.format.frame import CODEC_ZSTD, TYPE_BATCH, encode_frame
+from runstream.format.ring_layout import (
     W_ACKED_SEQ,
     W_CLOSED,
     W_DROPPED,
@@ -64,7 +65,7 @@ from runstream.ring import (
     RingMap,
 )
 from runstream_ingest.sidecar.batcher import Batcher, Compressor
-from runstream_ingest.sidecar.journal import CODEC_ZSTD, TYPE_BATCH, JournalWriter, encode_frame
+from runstream_ingest.sidecar.journal import JournalWriter
 from runstream_ingest.sidecar.ring_reader import RingReader
 from runstream_ingest.sidecar.shipper import Identity, Shipper
 from runstream_ingest.sidecar.sources.companion import (
@@ -189,7 +190,7 @@ class Sidecar:
                 self.files.request(r.value())
 
     def write_config(self) -> None:
-        from runstream.rundir import write_text_atomic
+        from runstream.format.atomic import write_text_atomic
 
         try:
             text = yaml.safe_dump(json_safe(self.config), sort_keys=False, allow_unicode=True)
@@ -410,8 +411,8 @@ class Sidecar:
         self._to_summarise(data)
 
     def write_summary(self) -> None:
+        from runstream.format.atomic import write_json_atomic
         from runstream.read.local import replay
-        from runstream.rundir import write_json_atomic
 
         try:
             if self._summary_replay:

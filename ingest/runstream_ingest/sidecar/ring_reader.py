@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runstream.format.record import CRC_START, HEADER, HEADER_SIZE, KIND_PAD, KIND_ROW, Record, crc32c
-from runstream.ring import W_HEAD, W_SKIPPED_BYTES, W_TAIL, RingMap
+from runstream.format.ring_layout import W_HEAD, W_SKIPPED_BYTES, W_TAIL, RingMap
 
 # A record below ``head`` that does not validate is normally one whose bytes are not visible yet
 # (weakly ordered CPUs).  If it stays invalid this long it is damage: skip to ``head``.

@@ -30,9 +30,9 @@ from typing import Any
 import grpc
 
 from runstream.format import record as rec
+from runstream.format.frame import CODEC_ZSTD, TYPE_BATCH, parse_segment_name, segment_name
 from runstream.format.fs import OsFileSystem
 from runstream.format.journal_read import Damage, _Scan
-from runstream_ingest.sidecar.journal import CODEC_ZSTD, TYPE_BATCH, parse_segment_name, segment_name
 from runstream_ingest.wire import ingest_pb2 as pb
 from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 
@@ -193,7 +193,7 @@ class Shipper:
         """Progress marker: write-temp, fsync, rename, fsync-dir (never a torn marker)."""
         if self._marker_seq == self.acked:
             return
-        from runstream.rundir import write_json_atomic
+        from runstream.format.atomic import write_json_atomic
 
         try:
             write_json_atomic(

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from runstream.errors import UsageError
+from runstream.format.frame import parse_segment_name
 from runstream.format.fs import OsFileSystem
 from runstream.format.journal_read import ScannedFrame, scan_segment
 from runstream.rundir import find_run_dirs, resolve_run_dir
-from runstream_ingest.sidecar.journal import parse_segment_name
 from runstream_ingest.sidecar.shipper import Identity, Shipper, read_marker
 from runstream_ingest.sidecar.sources.blob_upload import sync_files
 from runstream_ingest.sidecar.sources.companion import COMPANION_RESUME, COMPANION_SUFFIX, companion_dir

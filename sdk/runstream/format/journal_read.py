@@ -32,10 +32,9 @@ from typing import NamedTuple
 
 import zstandard
 
+from runstream.format import frame as _fmt
 from runstream.format import record as records
-from runstream.format.fs import FileSystem, OsFileSystem
-from runstream_ingest.sidecar import journal as _fmt
-from runstream_ingest.sidecar.journal import (
+from runstream.format.frame import (
     CODEC_NONE,
     CODEC_ZSTD,
     HEADER,
@@ -45,6 +44,7 @@ from runstream_ingest.sidecar.journal import (
     VERSION,
     frame_crc,
 )
+from runstream.format.fs import FileSystem, OsFileSystem
 
 __all__ = ["Damage", "Frame", "FrameHeader", "JournalReader", "ScannedFrame", "read_journal", "scan_segment"]
 

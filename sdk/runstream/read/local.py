@@ -1,153 +1,22 @@
 """Reading a run back from its journal: ``read_run`` and ``runstream inspect``.
 
-The journal holds records (docs/ring-format.md) in frames (docs/journal-format.md).  ``RunState``
-folds them into what a person asks about a run: metadata, config, summary, history, losses, and
-how it ended.  The sidecar uses the same fold to write ``files/summary.json`` at finish, which
-keeps summary work off ``log``'s hot path.
+The journal holds records (docs/ring-format.md) in frames (docs/journal-format.md);
+``runstream.format.fold.RunState`` folds them into what a person asks about a run: metadata,
+config, summary, history, losses, and how it ended.
 
-Concurrency contract: a ``RunState`` belongs to one thread; reading a journal while its sidecar
-appends is safe (the reader ignores a frame that is still being written).
+Concurrency contract: reading a journal while its sidecar appends is safe (the reader ignores a
+frame that is still being written).
 """
 
 from __future__ import annotations
 
 import fcntl
-import functools
-import math
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
-from runstream.format import record as rec
-
-STATS_KEYS = {
-    "dropped_records": "_runstream/dropped_records",
-    "dropped_bytes": "_runstream/dropped_bytes",
-    "overflow_peak_bytes": "_runstream/overflow_peak_bytes",
-    "step_regressions": "_runstream/step_regressions",
-    "ring_skipped_bytes": "_runstream/ring_skipped_bytes",
-    "sidecar_lost_records": "_runstream/sidecar_lost_records",
-}
-# Counters that are records lost (the rest describe pressure, not loss).
-LOSS_KEYS = ("dropped_records", "step_regressions", "sidecar_lost_records")
-
-
-# strict_map_key=False: keys are always str here, and skipping the check is ~30% faster
-unpack_fast = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False)
-
-
-def flatten(d: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts become ``a/b`` keys, as W&B shows them."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
-
-
-@dataclass
-class RunState:
-    keep_rows: bool = True
-    run: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    row_count: int = 0
-    keys: dict[str, None] = field(default_factory=dict)  # ordered set
-    first_row: dict[str, Any] | None = None
-    last_row: dict[str, Any] | None = None
-    latest: dict[str, Any] = field(default_factory=dict)
-    pinned: dict[str, Any] = field(default_factory=dict)
-    unpinned: set[str] = field(default_factory=set)
-    stats: dict[str, int] = field(default_factory=dict)
-    exit: dict[str, Any] | None = None
-    last_seq: int = 0
-    records: int = 0
-    start_time: float | None = None
-    last_step: int = -1
-    _last_time: float = 0.0
-
-    def feed(self, records: Iterable[rec.Record]) -> None:
-        for r in records:
-            self.records += 1
-            self.last_seq = r.seq
-            if r.kind == rec.KIND_ROW:
-                self._row(r)
-            elif r.kind == rec.KIND_RUN:
-                meta = r.value()
-                self.run.update(meta)
-                if self.start_time is None:
-                    self.start_time = meta.get("start_time", r.time)
-            elif r.kind == rec.KIND_CONFIG:
-                self.config.update(r.value())
-            elif r.kind == rec.KIND_SUMMARY:
-                v = r.value()
-                for k, val in flatten(v.get("set", {})).items():
-                    self.pinned[k] = val
-                    self.unpinned.discard(k)
-                for k in v.get("del", []):
-                    self.pinned.pop(k, None)
-                    self.unpinned.add(k)
-            elif r.kind == rec.KIND_STATS:
-                self.stats.update(r.value())
-            elif r.kind == rec.KIND_EXIT:
-                self.exit = r.value()
-
-    def _row(self, r: rec.Record) -> None:
-        data = unpack_fast(r.body)
-        if any(type(v) is dict for v in data.values()):
-            data = flatten(data)
-        self.row_count += 1
-        self.last_step = r.step
-        self._last_time = r.time
-        if not self.keep_rows:  # summary only: the cheapest fold (the sidecar's, at 100k+ rows/s)
-            self.latest.update(data)
-            return
-        if not all(type(k) is str for k in data):
-            data = {str(k): v for k, v in data.items()}
-        start = self.start_time if self.start_time is not None else r.time
-        data["_step"] = r.step
-        data["_timestamp"] = r.time
-        data["_runtime"] = r.time - start
-        for k in data:
-            if k not in self.keys:
-                self.keys[k] = None
-        self.latest.update(data)
-        if self.first_row is None:
-            self.first_row = data
-        self.last_row = data
-        self.rows.append(data)
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        latest = self.latest
-        if self.row_count and "_step" not in latest:  # folded without rows: add the last row's
-            start = self.start_time if self.start_time is not None else self._last_time
-            t = self._last_time
-            latest = {**latest, "_step": self.last_step, "_timestamp": t, "_runtime": t - start}
-        out = {str(k): v for k, v in latest.items() if k not in self.unpinned}
-        out.update(self.pinned)
-        for name, key in STATS_KEYS.items():
-            if self.stats.get(name):
-                out[key] = self.stats[name]
-        return out
-
-    @property
-    def dropped(self) -> int:
-        return sum(int(self.stats.get(k, 0)) for k in LOSS_KEYS)
-
-    def state(self, running: bool) -> str:
-        if self.exit is not None:
-            return str(
-                self.exit.get("state") or ("finished" if self.exit.get("exit_code") == 0 else "failed")
-            )
-        return "running" if running else "crashed"
+from runstream.format.fold import RunState
 
 
 def sidecar_running(run_dir: Path) -> bool:
@@ -216,7 +85,30 @@ def replay(run_dir: Path, keep_rows: bool = True) -> tuple[RunState, dict[str, A
 
 
 def read_run(path: str | os.PathLike[str], pandas: bool = False) -> RunData:
-    """Read a run directory (or ``runstream/latest-run``) back into Python."""
+    """Read a run back from its local journal: no server, no sidecar needed.
+
+    Args:
+        path: A run directory (``run.dir``), a ``latest-run`` link, a ``runstream/`` directory
+            or the directory holding one (both meaning its latest run).
+        pandas: Return the history as a pandas DataFrame instead of a list of dicts (pandas
+            must be installed).
+
+    Returns:
+        A :class:`RunData`: ``run`` (metadata, with ``state`` -- ``"running"``, ``"finished"``,
+        ``"failed"`` or ``"crashed"`` -- and ``exit_code``), ``config``, ``summary`` (each
+        key's last value unless pinned, plus the ``_runstream/...`` loss counters when
+        non-zero), ``history`` (every row, with ``_step``, ``_timestamp`` and ``_runtime``, nested
+        keys flattened to ``a/b``), ``dropped`` (records lost: dropped under back-pressure, step
+        regressions, lost by the sidecar), ``stats``, ``journal`` (health figures) and ``path``.
+
+    Raises:
+        UsageError: ``path`` is not, and does not lead to, a run directory.
+        ImportError: ``pandas=True`` and pandas is not installed.
+
+    Reads (and decompresses) the whole journal into memory, so it takes time and memory in
+    proportion to the run.  Reading a run whose sidecar is still appending is safe: a frame
+    still being written is left out, and the state reads ``"running"``.
+    """
     from runstream.rundir import resolve_run_dir
 
     run_dir = resolve_run_dir(path)
@@ -251,16 +143,3 @@ def read_run(path: str | os.PathLike[str], pandas: bool = False) -> RunData:
         journal=health,
         path=run_dir,
     )
-
-
-def json_safe(obj: Any) -> Any:
-    """JSON has no NaN or infinities: write them as the strings "NaN", "Infinity", "-Infinity"."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, bytes):
-        return obj.hex()
-    return obj

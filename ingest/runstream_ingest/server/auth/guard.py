@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 
 import grpc
 
-from runstream_ingest.server.auth.keys import KeyInfo, KeyStore, looks_like_key
+from runstream.format.api_key import looks_like_key
+from runstream_ingest.server.auth.keys import KeyInfo, KeyStore
 
 BEARER = "bearer "
 KEY_HEADER = "x-runstream-api-key"

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runstream_ingest.server.auth.keys import KeyInfo, KeyStore, key_id, looks_like_key
+from runstream.format.api_key import key_id, looks_like_key
+from runstream_ingest.server.auth.keys import KeyInfo, KeyStore
 
 # Same defaults as ``runstream server`` (main.py): the keys live in the server's database.
 DEFAULT_DATA_DIR = "~/.runstream/server"

@@ -1,6 +1,6 @@
 """The read side over HTTP JSON (docs/http-api.md), served by ``runstream server`` on the same
 event loop as gRPC ingest: projects, the runs table (filters, sort, paging, groups), runs and
-their edits, sign-in for browsers and live updates.  Charts' data is in ``http_data.py``.
+their edits, sign-in for browsers and live updates.  Charts' data is in ``data.py``.
 
 The address users configure (``RUNSTREAM_HOST=http://127.0.0.1:P``) is this HTTP port;
 ``GET /api/v1/info`` tells clients the gRPC port, so nobody juggles two addresses.
@@ -168,7 +168,7 @@ class HttpApi(RunData, FileRoutes):
             ]
         )
         add_file_routes(app, self)  # blobs and run files (blobs.py)
-        add_web_routes(app)  # the dashboard: / and /static/... (web.py)
+        add_web_routes(app)  # the dashboard: / and /static/... (server/web/)
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -432,7 +432,7 @@ def _run_changes(body: Any) -> dict[str, Any]:
 
 
 def _group_json(g: RunGroup) -> dict[str, Any]:
-    from runstream.read.local import json_safe
+    from runstream.format.fold import json_safe
 
     return {
         "value": json_safe(g.value),

@@ -1,7 +1,7 @@
 """A run's data over HTTP (docs/http-api.md): history pages, downsampled series for charts (one
 run or several, for compare views), its keys, console output, system metrics and files.
 
-Concurrency contract: as ``http_api.py`` (handlers on the event loop, storage reads on the
+Concurrency contract: as ``api.py`` (handlers on the event loop, storage reads on the
 ``readers`` pool).
 """
 
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from runstream.read.local import json_safe
+from runstream.format.fold import json_safe
 from runstream_ingest.server.http.util import (
     MAX_PAGE,
     bad,

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from runstream.read.local import json_safe
+from runstream.format.fold import json_safe
 from runstream_ingest.server.storage.filters import QueryError
 from runstream_ingest.server.storage.history.series import Series
 from runstream_ingest.server.storage.interface import RunInfo

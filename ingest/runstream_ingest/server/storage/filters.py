@@ -8,7 +8,7 @@ A filter is a dict in MongoDB's style, as ``wandb.Api().runs(filters=...)`` take
 
 ``parse_filter`` turns it into a small tree (``Cond``, ``All``, ``Any_``) and refuses anything it
 does not know with a ``QueryError`` naming the field or operator; backends compile the tree to
-their own query language (``sqlite_query.py``).  Nothing here touches a database.
+their own query language (``sqlite/query.py``).  Nothing here touches a database.
 
 Pure functions over their arguments: any thread may call them.
 """

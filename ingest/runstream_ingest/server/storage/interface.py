@@ -1,9 +1,9 @@
 """The storage interface the ingest server writes runs into and reads them back from.
 
-Everything a backend must do is in ``Storage``; SQLite (``sqlite.py``) is the first backend and
+Everything a backend must do is in ``Storage``; SQLite (``sqlite/``) is the first backend and
 PostgreSQL is meant to be a second module behind the same methods.  ``RunFold`` folds a run's
 metadata records (RUN, CONFIG, SUMMARY, STATS, EXIT) with exactly the rules of
-``runstream.read.local.RunState``, so ``runstream inspect`` on a run directory and the server agree on
+``runstream.format.fold.RunState``, so ``runstream inspect`` on a run directory and the server agree on
 config, summary and state; backends only persist what it computes.
 
 Concurrency contract (every backend): all writing methods (``open_run``, ``store_batch``,
@@ -27,7 +27,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from runstream.format import record as rec
-from runstream.read.local import STATS_KEYS, flatten
+from runstream.format.fold import STATS_KEYS, flatten
 
 if TYPE_CHECKING:  # at run time only the annotations name them; series.py imports chunks.py imports us
     from runstream_ingest.server.storage.filters import Field, Node, SortKey
@@ -472,7 +472,7 @@ class RunFold:
         return state, code if isinstance(code, int) else None
 
 
-# --- the read side of the dashboard (storage/sqlite_query.py, storage/series.py) ---------------
+# --- the read side of the dashboard (sqlite/query.py, history/series.py) ---------------
 class RunBusy(StorageError):
     """The run is running: it cannot be deleted until it has ended."""
 

@@ -1,4 +1,4 @@
-"""The dashboard's static files (``server/web/``), served beside the HTTP API on the same app.
+"""The dashboard's static files (``server/web/static/``), served beside the HTTP API on the same app.
 
 ``add_routes(app)`` adds:
 
@@ -6,13 +6,13 @@
   (``/#/p/acme/mnist?sort=-summary.acc``), so every view's state is a shareable link and the
   server needs no catch-all route.  The page is sent with ``Cache-Control: no-cache`` and names
   its assets under ``/static/<version>/``;
-* ``GET /static/<version>/<path>``: the files under ``web/``.  ``<version>`` is a hash of their
+* ``GET /static/<version>/<path>``: the files under ``static/``.  ``<version>`` is a hash of their
   contents, so a URL's bytes never change and browsers may keep them for a year
   (``immutable``); a new server version changes every URL.  A request for another version is a
   404 rather than today's bytes under yesterday's name, which a cache would keep forever.
 
 Nothing is built: the files ship in the package as they are (pyproject.toml's package-data), and
-``make vendor`` refreshes the vendored uPlot under ``web/vendor/``.
+``make vendor`` refreshes the vendored uPlot under ``static/vendor/``.
 
 Concurrency contract: the file table is built once, at ``add_routes``, and only read afterwards
 (handlers run on the event loop).
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-WEB_DIR = Path(__file__).parent  # the static files live beside this module
+WEB_DIR = Path(__file__).parent / "static"
 ASSET_BASE = "{{ASSET_BASE}}"  # replaced in index.html by /static/<version>
 IMMUTABLE = "public, max-age=31536000, immutable"
 TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}

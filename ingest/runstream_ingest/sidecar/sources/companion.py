@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runstream.format import record as rec
+from runstream.format.frame import CODEC_ZSTD, TYPE_BATCH, encode_frame
 from runstream_ingest.sidecar.batcher import Compressor
-from runstream_ingest.sidecar.journal import CODEC_ZSTD, TYPE_BATCH, FsyncPolicy, JournalWriter, encode_frame
+from runstream_ingest.sidecar.journal import FsyncPolicy, JournalWriter
 
 log = logging.getLogger("runstream.companion")
 

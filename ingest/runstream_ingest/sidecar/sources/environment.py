@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from runstream.format import record as rec
-from runstream.rundir import write_json_atomic, write_text_atomic
+from runstream.format.atomic import write_json_atomic, write_text_atomic
 from runstream_ingest.sidecar.sources.companion import CompanionWriter, companion_dir
 
 log = logging.getLogger("runstream.context")

@@ -316,7 +316,7 @@ class FileUploader:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._write_state, state)
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        from runstream.rundir import write_json_atomic
+        from runstream.format.atomic import write_json_atomic
 
         try:
             write_json_atomic(self.state_path, state)

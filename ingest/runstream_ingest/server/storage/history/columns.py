@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runstream.format import record as rec
-from runstream.read.local import flatten
+from runstream.format.fold import flatten
 from runstream_ingest.server.decode import RecordBatch
 from runstream_ingest.server.storage.history.chunks import (
     I64_MAX,

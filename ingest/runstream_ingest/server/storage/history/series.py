@@ -24,7 +24,7 @@ Wall-time and relative-time axes bucket on the chunks' first and last times; the
 as they are logged, so times follow steps.  Points decoded one by one are placed by their own
 time even when times go back.
 
-Pure functions: the caller runs the SQL (``sqlite_query.py``) and hands over chunk rows and a way
+Pure functions: the caller runs the SQL (``sqlite/query.py``) and hands over chunk rows and a way
 to fetch blobs; any thread may call them.
 """
 

@@ -1,8 +1,8 @@
 """The SQLite backend of ``Storage`` (schema and invariants: docs/storage.md).
 
 This module holds the connections, transactions and run lifecycle (open, heartbeat, crash
-marking, compaction); the schema is in ``sqlite_schema.py``, storing batches in
-``sqlite_ingest.py`` and the reading methods in ``sqlite_read.py``.
+marking, compaction); the schema is in ``schema.py``, storing batches in
+``ingest.py`` and the reading methods in ``read.py``.
 
 Durability: WAL mode with ``synchronous=FULL`` on the write connection, so a COMMIT has reached
 the disk (the WAL is fsynced) before ``store_batches`` returns and the server acks.  NORMAL
@@ -386,7 +386,7 @@ class SqliteStorage:
                 removed += len(ids) - 1
         return removed
 
-    # --- reading (sqlite_read.py) ----------------------------------------------------------------
+    # --- reading (read.py) ----------------------------------------------------------------
     def get_run(self, entity: str, project: str, run_id: str) -> RunInfo | None:
         return rd.get_run(self, entity, project, run_id)
 

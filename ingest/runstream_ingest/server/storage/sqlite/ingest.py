@@ -20,7 +20,7 @@ from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from runstream.format import record as rec
-from runstream.read.local import flatten
+from runstream.format.fold import flatten
 from runstream_ingest.server.decode import RecordBatch, join_records
 from runstream_ingest.server.storage.history import chunks as ck
 from runstream_ingest.server.storage.history import columns as cl

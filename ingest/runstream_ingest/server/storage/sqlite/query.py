@@ -1,5 +1,5 @@
 """``RunQueries`` on SQLite: the runs table (filters, sort, paging, groups), series for charts, and
-the run editor (docs/http-api.md).  Filters become SQL in ``sqlite_sql.py``; series are cut into
+the run editor (docs/http-api.md).  Filters become SQL in ``sql.py``; series are cut into
 buckets by ``series.py``.
 
 Concurrency contract: reads use connections of their own, one per thread (thread-local,

@@ -1,4 +1,4 @@
-"""Filters into SQL for the SQLite runs table (``sqlite_query.py``), and the SQL functions they use.
+"""Filters into SQL for the SQLite runs table (``query.py``), and the SQL functions they use.
 
 ``config`` and ``summary`` are msgpack blobs in ``runs`` (docs/storage.md), so SQL reads their keys
 through deterministic functions registered on each reading connection: ``rs_get(blob, key)`` (any
