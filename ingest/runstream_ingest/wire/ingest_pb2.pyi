@@ -1,8 +1,7 @@
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -94,7 +93,7 @@ class Opened(_message.Message):
     resumed: bool
     last_step: int
     run_path: str
-    def __init__(self, acked_seq: _Optional[int] = ..., resumed: _Optional[bool] = ..., last_step: _Optional[int] = ..., run_path: _Optional[str] = ...) -> None: ...
+    def __init__(self, acked_seq: _Optional[int] = ..., resumed: bool = ..., last_step: _Optional[int] = ..., run_path: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)
