@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,8 @@ from runstream.settings import MiB, Settings, resolve_settings
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in list(os.environ):
-        if var.startswith(("RUNSTREAM_", "WANDB_")):
-            monkeypatch.delenv(var)
+def in_tmp_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # conftest's clean_env has removed RUNSTREAM_*/WANDB_*; runs made here land in tmp_path.
     monkeypatch.chdir(tmp_path)
 
 

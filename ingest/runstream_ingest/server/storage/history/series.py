@@ -260,6 +260,9 @@ def bounds(rows: Sequence[ChunkRow], axis: Axis) -> tuple[float, float] | None:
     return a.min().item(), b.max().item()
 
 
+# +inf and -inf in one sum make NaN, and huge values overflow to inf: both are answers here (a NaN
+# mean, an infinite sum), not mistakes, so numpy is told not to warn of them.
+@np.errstate(invalid="ignore", over="ignore")
 def downsample(
     key: str,
     rows: Sequence[ChunkRow],
@@ -281,25 +284,6 @@ def downsample(
     there for the next request."""
     if not 1 <= n <= MAX_BUCKETS:
         raise ValueError(f"buckets must be in [1, {MAX_BUCKETS}], not {n}")
-    # +inf and -inf in one sum make NaN, and huge values overflow to inf: both are answers here
-    # (a NaN mean, an infinite sum), not mistakes.
-    with np.errstate(invalid="ignore", over="ignore"):
-        return _downsample(key, rows, fetch, n, axis, lo, hi, y, what, cache, fetch_prefix)
-
-
-def _downsample(
-    key: str,
-    rows: Sequence[ChunkRow],
-    fetch: Callable[[Sequence[int]], dict[int, bytes]],
-    n: int,
-    axis: Axis,
-    lo: float,
-    hi: float,
-    y: YMap,
-    what: str,
-    cache: ca.CellCache | None,
-    fetch_prefix: Callable[[Sequence[ChunkRow]], dict[int, bytes]] | None,
-) -> Series:
     a, b = spans(rows, axis)
     if axis.steps:  # steps are integers: compared exactly, with the range's integer ends
         lo_x: Any = min(max(math.ceil(lo), I64_MIN), I64_MAX)
