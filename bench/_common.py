@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import runstream
+from runstream.format.ring_layout import W_DROPPED, W_JOURNALED_SEQ, W_OVERFLOW_PEAK, W_SIDECAR_PID
 from runstream.read.local import replay
-from runstream.ring import W_DROPPED, W_JOURNALED_SEQ, W_OVERFLOW_PEAK, W_SIDECAR_PID
 
 CASES = Path(__file__).parent / "cases"
 

@@ -13,7 +13,8 @@ runs after changing its import line.  A record's path from ``log`` to disk, one 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from runstream.errors import ConfigError, Error, RecordTooLargeError, SettingsError, UsageError
 from runstream.files import save_active as save
@@ -28,16 +29,45 @@ from runstream.read.api import (
     UnauthorizedError,
 )
 from runstream.read.local import RunData, read_run
+from runstream.run import Run
 from runstream.session import finish, init
+
+if TYPE_CHECKING:
+    from runstream.config import Config
+    from runstream.disabled import DisabledRun, DisabledSummary
+    from runstream.run import Summary
 
 __version__ = "0.1.0"
 
 
-def _log_before_init(data: Any = None, step: Any = None, commit: Any = None, **kwargs: Any) -> None:
-    from runstream import session
+def _log_before_init(
+    data: Mapping[str, Any],
+    step: int | None = None,
+    commit: bool | None = None,
+    sync: bool | None = None,
+) -> None:
+    """Log a row of metrics to the active run: ``runstream.run.log(data, step, commit)``.
 
-    if session._active is not None:  # reached through ``from runstream import log``
-        session._active.log(data, step=step, commit=commit)
+    ``init`` rebinds ``runstream.log`` to the new run's ``log`` (one call layer fewer), and
+    ``finish`` binds it back to this function; so ``runstream.log`` is the active run's
+    :meth:`Run.log` -- the same arguments, step rules, errors and non-blocking behaviour (it
+    never waits for the sidecar, the disk or the network; when the ring and the in-process
+    overflow are full, records are dropped and counted in ``_runstream/dropped_records``) --
+    or, in disabled mode, a no-op.  A name bound earlier with ``from runstream import log`` is
+    this function, which forwards to the active run.
+
+    Args:
+        data: A dict of metric names to values (see :meth:`Run.log`).
+        step: The step to log at, or ``None`` for the current one.
+        commit: ``False`` keeps the row pending; see :meth:`Run.log`.
+        sync: Accepted for compatibility with W&B; ignored.
+
+    Raises:
+        UsageError: No run is active (before ``init``, or after ``finish``).
+        TypeError, RecordTooLargeError, ValueError: As :meth:`Run.log`.
+    """
+    if run is not None:  # reached through a name bound before init, e.g. ``from runstream import log``
+        run.log(data, step=step, commit=commit)
         return
     raise UsageError("runstream.log() was called before runstream.init(): start a run first")
 
@@ -58,10 +88,11 @@ class _PreInitConfig:
         raise UsageError("runstream.config.update: call runstream.init() before using runstream.config")
 
 
+# The module-level twins of the active run's attributes, rebound by ``init`` and ``finish``.
 log = _log_before_init
-run: Any = None
-config: Any = _PreInitConfig()
-summary: Any = None
+run: Run | DisabledRun | None = None  # the active run, or None
+config: Config | _PreInitConfig = _PreInitConfig()  # run.config; before init, says to call init
+summary: Summary | DisabledSummary | None = None  # run.summary, or None
 
 __all__ = [
     "Api",
@@ -73,6 +104,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RecordTooLargeError",
+    "Run",
     "RunData",
     "SettingsError",
     "UnauthorizedError",

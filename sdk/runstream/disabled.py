@@ -68,7 +68,23 @@ class DisabledSummary(MutableMapping[str, Any]):
 
 
 class DisabledRun:
-    """What ``runstream.init(mode="disabled")`` returns.  Unknown methods are no-ops too."""
+    """What ``runstream.init`` returns when the mode is ``"disabled"``: a stand-in for
+    :class:`~runstream.run.Run` that records nothing.
+
+    It has ``Run``'s attributes (``id``, ``name``, ``path``, ``project``, ``entity``, ``tags``,
+    ``notes``, ``group``, ``job_type``, ``step`` (always 0), ``start_time``) plus W&B's
+    ``url`` (None), ``resumed``, ``disabled`` and ``offline``, and ``mode`` (``"disabled"``).
+    ``dir`` is the system's temporary directory, so a script that writes files into
+    ``run.dir`` still works, but nothing is created there.  ``config`` is a real ``Config``
+    (same ``allow_val_change`` rule as a tracked run); ``summary`` is an in-memory dict with
+    attribute access.
+
+    ``log``, ``save`` (which returns ``None``), ``finish`` and the W&B calls runstream does not
+    implement (``watch``, ``alert``, ``log_artifact``...; any other method name too) accept
+    their arguments and do nothing.  Nothing blocks, nothing raises for back-pressure, and no
+    file, directory, process or connection is made.  Like ``Run``, it belongs to one thread at
+    a time.
+    """
 
     def __init__(self, settings: Settings, config: dict[str, Any], *, allow_val_change: bool = False) -> None:
         self.settings = settings
@@ -93,6 +109,7 @@ class DisabledRun:
         self.resumed = False
         self.disabled = True
         self.offline = False
+        self.mode = "disabled"
 
     def log(
         self, data: Any, step: int | None = None, commit: bool | None = None, sync: bool | None = None

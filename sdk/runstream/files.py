@@ -120,8 +120,25 @@ def _link(source: str, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def save_active(glob_str: Any, base_path: Any = None, policy: str = "live") -> Any:
-    """``runstream.save``: the active run's ``save`` (a no-op for a disabled run)."""
+def save_active(glob_str: Any, base_path: Any = None, policy: str = "live") -> list[str] | None:
+    """``runstream.save``: keep files with the active run; :meth:`Run.save` has the details.
+
+    Args:
+        glob_str: A path or glob of the files to keep (``str`` or ``os.PathLike``).
+        base_path: The directory the saved paths are relative to.
+        policy: ``"live"`` (uploaded again after each change), ``"now"`` or ``"end"``.
+
+    Returns:
+        The paths under the run's ``files/`` that were saved (``[]`` when nothing matched);
+        ``None`` for a disabled run, which saves nothing.
+
+    Raises:
+        UsageError: No run is active, or it is finished.
+        TypeError, ValueError: As :meth:`Run.save`.
+
+    Lists the matching files and links them into the run directory; it reads no file's content
+    and never waits for the sidecar or the network.
+    """
     import runstream
 
     if runstream.run is None:

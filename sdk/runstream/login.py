@@ -28,7 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from runstream.errors import UsageError
-from runstream_ingest.server.auth.keys import looks_like_key, mask
+from runstream.format.api_key import looks_like_key, mask
+from runstream.format.atomic import write_text_atomic
 
 log = logging.getLogger("runstream.login")
 
@@ -93,19 +94,7 @@ def _read_file(path: Path, strict: bool) -> dict[str, Any]:
 def _write_file(path: Path, data: dict[str, Any]) -> None:
     """Atomic replace; the key never sits in a file more permissive than 0600, not even briefly."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode is only used for a new file
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n", mode=0o600)
 
 
 def credentials(host_override: str | None = None) -> Credentials:
@@ -134,10 +123,32 @@ def _prompt(host: str) -> str | None:
 
 
 def login(host: str | None = None, key: str | None = None, relogin: bool | None = None) -> bool:
-    """Store ``key`` for ``host`` (prompting on a terminal when no key is given).  Returns whether a
-    key is configured for the host afterwards; False when none was given and none can be asked for.
+    """Store an API key for a server, so that online runs and ``runstream.Api`` use it.
 
-    Like ``wandb.login``: with a key already configured and no ``relogin``, nothing is asked.
+    Like ``wandb.login``: with a key already configured for the host and no ``relogin``, nothing
+    is asked or stored.  A stored key goes into the credentials file (see the module docstring),
+    one per host, and makes ``host`` the default one.  ``RUNSTREAM_API_KEY``/``WANDB_API_KEY``,
+    when set, win over a stored key.
+
+    Args:
+        host: The server's URL (``http://`` is assumed without a scheme).  Default:
+            ``RUNSTREAM_HOST``, else ``WANDB_BASE_URL``, else the last host logged in to.
+        key: The API key (``rsk_...``, from ``runstream server keys create``).  ``None``: ask
+            for one on the terminal (without echo) if stdin is one.
+        relogin: Ask for a key even when one is configured.
+
+    Returns:
+        True when a key is configured for the host afterwards; False when none was given and
+        none could be asked for (stdin is not a terminal).
+
+    Raises:
+        UsageError: No host is given or configured; ``key`` is not a well-formed runstream key
+            (its shape and checksum are checked; the server is not asked whether it is valid);
+            or the credentials file exists but cannot be read.
+        OSError: The credentials file cannot be written.
+
+    Blocking: only the terminal prompt waits (for the user); storing writes and fsyncs one small
+    file.  There is no network access.
     """
     current = credentials(host)
     target = current.host

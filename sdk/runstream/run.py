@@ -31,8 +31,9 @@ import ormsgpack
 from runstream import ring as _ring
 from runstream.errors import UsageError
 from runstream.format import record as rec
-from runstream.read.local import flatten
-from runstream.ring import W_STEP_REGRESSIONS, RingWriter
+from runstream.format.fold import flatten
+from runstream.format.ring_layout import W_STEP_REGRESSIONS
+from runstream.ring import RingWriter
 
 if TYPE_CHECKING:
     from runstream.config import Config
@@ -152,6 +153,49 @@ else:
 
 
 class Run(_RunBase):
+    """One tracked run, as seen from the training process: what ``runstream.init`` returns
+    (``mode="disabled"`` returns a :class:`~runstream.disabled.DisabledRun` instead).
+
+    A ``Run`` owns the producer end of a shared-memory ring; a sidecar process, started by
+    ``init``, reads the ring and writes the run's journal (and streams it to a server when the
+    run is online).  Nothing a ``Run`` does on the training thread waits for that process.
+
+    Attributes:
+        id (str): The run id: 8 lower-case letters and digits unless given to ``init``.
+        name (str): The display name.  Assigning to it renames the run.
+        path (str): ``"entity/project/id"``, the run's address on a server and in ``Api.run``.
+        dir (str): The local run directory (``<dir>/runstream/run-<time>-<id>``): the journal,
+            ``files/`` and ``logs/``.
+        step (int): The step the next committed history row will get.
+        config (Config): Hyperparameters; ``run.config.lr`` and ``run.config["lr"]`` read them,
+            assigning or ``update`` adds them.  Changing a key's value raises ``ConfigError``
+            unless ``init(allow_val_change=True)`` or ``update(..., allow_val_change=True)``.
+        summary (Summary): Each history key's last logged value, unless a value was set here,
+            which pins the key (later ``log`` calls no longer change it).  The full summary is
+            computed from the journal; read in-process it shows the pinned keys and those of
+            the last committed row.
+        project, entity, group, job_type (str | None): As resolved by ``init``.
+        tags (tuple[str, ...]), notes (str | None): Assignable; the change is recorded.
+        start_time (float): When this process started the run, in Unix seconds.
+        mode (str): ``"online"`` (streaming to a server) or ``"offline"``.
+
+    A ``Run`` is a context manager: leaving the ``with`` block finishes it, as failed (exit code
+    1) when an exception is propagating.  ``watch``, ``define_metric`` and ``mark_preempting``
+    are accepted for W&B compatibility and do nothing.
+
+    ``log`` is the hot path.  When the C extension is built (``runstream.ring.NATIVE``),
+    ``Run.log`` is C code whose own docstring is a one-liner; its full documentation is that of
+    ``Run._log_py``, the Python ``log``, which takes every call the C code does not.
+
+    Concurrency:
+        A ``Run`` belongs to one thread at a time, normally the training loop's: ``log``,
+        ``save``, ``config`` and ``summary`` writes push into a single-producer ring without a
+        lock.  Logging from several threads at once needs the caller's own lock.  A forked
+        child (a ``DataLoader`` worker, say) must not log: in a fork the run turns inert, and
+        its ``log`` calls are ignored with one warning.  ``finish`` may be called from any one
+        thread, once the others have stopped logging.
+    """
+
     def __init__(
         self,
         settings: Settings,
@@ -231,14 +275,76 @@ class Run(_RunBase):
 
     @property
     def mode(self) -> str:
-        return "offline"
+        """``"online"`` when the run streams to a server, else ``"offline"``."""
+        return "online" if getattr(self, "_online", None) is not None else "offline"
 
     def __repr__(self) -> str:
         return f"<runstream.Run {self.path} name={self._name!r} dir={self.dir!r}>"
 
     # --- logging -------------------------------------------------------------------------------
-    def log(self, data: dict[str, Any], step: int | None = None, commit: bool | None = None) -> None:
-        """Log a dict of metrics as one history row (the module docstring has the step rules)."""
+    def log(
+        self,
+        data: Mapping[str, Any],
+        step: int | None = None,
+        commit: bool | None = None,
+        sync: bool | None = None,
+    ) -> None:
+        """Add a row of metrics to the run's history, without waiting for anything.
+
+        The call serialises ``data`` (msgpack) and copies it into the shared-memory ring that the
+        sidecar reads: about a microsecond or two for a dict of a few scalars, more for larger
+        dicts, with no lock, no system call and no hand-off to a thread.  Nested dicts are kept
+        as they are and read back as ``"outer/inner"`` keys.  ``_step``, ``_timestamp`` and
+        ``_runtime`` are added downstream, as is the summary's "last value" for each key.
+
+        Rows and steps follow W&B's rules:
+
+        * ``log(d)``: ``d`` (merged into any pending row) becomes the row at the current step,
+          and the step advances by one.
+        * ``log(d, commit=False)``: ``d`` is merged into the pending row, which a later
+          committing call writes; the step does not move.
+        * ``log(d, step=n)`` with ``n`` above the current step: the pending row, if any, is
+          committed at the current step, the run moves to step ``n`` and ``d`` becomes the
+          pending row there (committed at once only with ``commit=True``).  With ``n`` equal
+          to the current step, ``d`` is merged into the pending row.  With ``n`` below it, the
+          row is dropped: the first time with a warning on stderr, always counted in the summary
+          as ``_runstream/step_regressions`` (``settings={"step_regression": "raise"}`` makes it
+          a ``ValueError`` instead).
+
+        A pending row that nothing commits is written by ``finish``.
+
+        Args:
+            data: A dict (any mapping) of metric names to values: ``int``, ``float``, ``bool``,
+                ``str``, ``None``, numpy scalars and 0-d arrays, scalar tensors (anything with
+                ``.item()``), lists of numbers, 1-d numpy arrays, and dicts of these.
+            step: The step to log at (any integer type, not ``bool``), or ``None`` for the
+                current step.  See the rules above.
+            commit: ``False`` keeps the row pending; ``True`` commits it even with ``step``;
+                ``None`` is W&B's default (commit unless ``step`` is given).
+            sync: Accepted for compatibility with W&B, where it is deprecated; ignored.
+
+        Raises:
+            TypeError: ``data`` is not a mapping, a value cannot be serialised (the message
+                names its key and type; an int beyond 64 bits is one), or ``step`` is not an
+                integer.  Nothing of the call is logged.
+            RecordTooLargeError: The serialised row is larger than one record may be (half the
+                ring, and at most 8 MiB).  A pending row is only measured when it is committed,
+                so this may come from the later call (or ``finish``) that commits it, and that
+                row is then lost.
+            ValueError: ``step`` is behind the current step and ``step_regression`` is
+                ``"raise"``.
+            UsageError: The run is finished.
+
+        Back-pressure:
+            ``log`` never waits for the sidecar, the disk or the network.  When the ring (the
+            ``ring_size`` setting, 64 MiB by default) is full because the sidecar has fallen
+            behind, records queue, in order, in a bounded in-process overflow (``overflow_size``,
+            64 MiB by default) that later ``log`` calls and ``finish`` move into the ring as room
+            appears.  When the overflow is full too, the record is dropped: the first drop prints
+            a warning on stderr, and every drop is counted in the run's summary as
+            ``_runstream/dropped_records`` and shown by ``runstream inspect``.  ``log`` never
+            raises because of back-pressure.
+        """
         if step is None and commit is None and self._pending is None and type(data) is dict:
             try:
                 body = _packb(data, _default, _PACK_OPT)
@@ -320,16 +426,69 @@ class Run(_RunBase):
         self._push(kind, 0, _time(), rec.pack_body(value))
 
     def save(self, glob_str: Any, base_path: Any = None, policy: str = "live") -> list[str]:
-        """Keep files with the run (W&B's ``save``; docs/files.md): each file ``glob_str`` matches
-        now goes under ``files/`` at its path relative to ``base_path`` and is uploaded: ``live``
-        again after each change, ``now`` at once, ``end`` when the run finishes.  Returns the
-        saved paths; the copying, hashing and uploading happen in the sidecar."""
+        """Keep files with the run (W&B's ``save``; docs/files.md).
+
+        Each file that ``glob_str`` matches now (files created later are not picked up) is kept
+        under the run's ``files/`` at its path relative to ``base_path``, and uploaded when the
+        run is online.  Files matching the ``ignore_globs`` setting are skipped.
+
+        Args:
+            glob_str: A path or glob (``str`` or ``os.PathLike``; ``**`` recurses).  A relative
+                glob keeps its path below the current directory; an absolute one keeps the part
+                below its last directory without wildcards.
+            base_path: The directory saved paths are relative to; the glob must lie under it.
+            policy: ``"live"`` (kept current: uploaded again after each change), ``"now"``
+                (copied and uploaded once, now) or ``"end"`` (uploaded when the run finishes).
+
+        Returns:
+            The paths under ``files/`` that were saved; an empty list, with a warning on
+            stderr, when nothing matched.
+
+        Raises:
+            TypeError: ``glob_str`` or ``base_path`` is not a path.
+            ValueError: ``policy`` is unknown, or the glob reaches above ``base_path``.
+            UsageError: The run is finished.
+
+        The call lists the matching files and, for ``live`` and ``end``, symlinks them into
+        ``files/``; it reads no file's content.  Copying (``now``), hashing and uploading happen
+        in the sidecar, so a large file does not stall training.
+        """
         from runstream.files import save
 
         return save(self, glob_str, base_path, policy)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def finish(self, exit_code: int | None = None, quiet: bool | None = None) -> None:
+        """End the run and wait, bounded, until the sidecar has made it durable.
+
+        Steps, in order: a pending row (``log(..., commit=False)``) is committed; records waiting
+        in the overflow are moved into the ring as the sidecar frees room; an exit record is
+        written and the ring is closed; then ``finish`` waits for the sidecar to exit, which it
+        does once it has journaled and fsync'd every record and, for an online run, once the
+        server has acknowledged them or its upload deadline (a few seconds short of
+        ``finish_timeout``) has passed.  The module-level ``runstream.run``, ``config``,
+        ``summary`` and ``log`` go back to their pre-``init`` state, and one line (or, when
+        records were lost or are still unsent, a warning) goes to stderr.
+
+        Args:
+            exit_code: 0 or ``None`` marks the run finished; anything else marks it failed with
+                that code.
+            quiet: Accepted for compatibility with W&B; ignored (the ``silent`` setting
+                quiets runstream's messages).
+
+        Blocking:
+            Bounded by the ``finish_timeout`` setting (60 s by default), plus at least one
+            second given to the sidecar even when draining the overflow used the whole budget.
+            At the deadline, records still in the overflow are dropped and counted
+            (``_runstream/dropped_records``), and a sidecar still writing is left to finish in
+            the background; the warning says so and, for an online run with unacknowledged
+            records, gives the ``runstream sync`` command that uploads the rest.  The sidecar
+            keeps its state in the run directory, so nothing already journaled is lost.
+
+        Calling ``finish`` again does nothing.  It is also called on leaving a ``with`` block
+        and at interpreter exit (with the exit code of ``sys.exit`` or 1 for an uncaught
+        exception, 130 for ``KeyboardInterrupt``).
+        """
         from runstream.session import finish_run
 
         finish_run(self, exit_code)

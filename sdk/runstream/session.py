@@ -20,16 +20,17 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runstream.config import Config, load_config
+from runstream.disabled import DisabledRun
 from runstream.errors import UsageError
 from runstream.format import record as rec
-from runstream.names import new_run_id, new_run_name, validate_run_id
-from runstream.read.local import replay
-from runstream.ring import (
+from runstream.format.atomic import write_json_atomic
+from runstream.format.ring_layout import (
     W_ACKED_SEQ,
     W_DROPPED,
     W_JOURNALED,
@@ -38,11 +39,12 @@ from runstream.ring import (
     W_STEP_REGRESSIONS,
     W_SYNCED_SEQ,
     RingMap,
-    RingWriter,
-    default_ring_path,
 )
+from runstream.names import new_run_id, new_run_name, validate_run_id
+from runstream.read.local import replay
+from runstream.ring import RingWriter, default_ring_path
 from runstream.run import Run
-from runstream.rundir import create_run_dir, find_run_dirs, update_latest_link, write_json_atomic
+from runstream.rundir import create_run_dir, find_run_dirs, update_latest_link
 from runstream.settings import Settings, resolve_settings
 from runstream.supervisor import SidecarSupervisor
 
@@ -95,27 +97,174 @@ def _resume_target(settings: Settings, resume: Any, run_id: str | None) -> Path 
     return found
 
 
+# W&B ``init`` parameters that ask for features runstream does not have, and the values that
+# ask for them: such a value gets one RuntimeWarning naming the parameter.  ``anonymous`` and
+# ``force`` change nothing here whatever their value, so they are accepted silently.
+_UNSUPPORTED = {
+    "magic": "W&B's automatic framework instrumentation",
+    "tensorboard": "syncing TensorBoard event files",
+    "sync_tensorboard": "syncing TensorBoard event files",
+    "monitor_gym": "recording OpenAI Gym videos",
+    "fork_from": "forking a new run from a step of another run",
+    "resume_from": "rewinding a run to an earlier step",
+}
+
+
+def _warn_unsupported(args: dict[str, Any]) -> None:
+    for param, feature in _UNSUPPORTED.items():
+        value = args[param]
+        asked = value is not None if param in ("fork_from", "resume_from") else bool(value)
+        if asked:
+            warnings.warn(
+                f"runstream.init: {param}={value!r} has no effect in runstream ({feature} is not "
+                "supported); the run goes on without it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
 def init(
+    job_type: str | None = None,
+    dir: str | os.PathLike[str] | None = None,
+    config: Any = None,
     project: str | None = None,
     entity: str | None = None,
+    reinit: bool | None = None,
+    tags: Sequence[str] | None = None,
+    group: str | None = None,
     name: str | None = None,
     notes: str | None = None,
-    tags: Any = None,
-    group: str | None = None,
-    job_type: str | None = None,
-    config: Any = None,
-    config_exclude_keys: Any = None,
-    config_include_keys: Any = None,
-    dir: Any = None,
-    id: str | None = None,
-    resume: Any = None,
-    reinit: bool | None = None,
+    magic: dict[str, Any] | str | bool | None = None,
+    config_exclude_keys: Sequence[str] | None = None,
+    config_include_keys: Sequence[str] | None = None,
+    anonymous: str | None = None,
     mode: str | None = None,
     allow_val_change: bool | None = None,
+    resume: bool | str | None = None,
+    force: bool | None = None,
+    tensorboard: bool | None = None,
+    sync_tensorboard: bool | None = None,
+    monitor_gym: bool | None = None,
     save_code: bool | None = None,
-    settings: Any = None,
-    **ignored: Any,
-) -> Any:
+    id: str | None = None,
+    settings: Settings | Mapping[str, Any] | None = None,
+    fork_from: str | None = None,
+    resume_from: str | None = None,
+) -> Run | DisabledRun:
+    """Start a run (or resume one) and return it; ``runstream.log`` and friends then follow it.
+
+    Takes every parameter of W&B's ``wandb.init``, in the order of its documented signature
+    (newer W&B's ``fork_from`` and ``resume_from`` last), so that a W&B script runs unchanged; a
+    keyword ``init`` does not know is a ``TypeError``.  Each setting it resolves
+    (project, entity, name, dir, mode...) is taken from the argument, else from ``settings=``,
+    else from a ``RUNSTREAM_*`` environment variable, else from the ``WANDB_*`` one, else from
+    its default (``runstream.settings`` lists them all).
+
+    Before returning, ``init`` creates the run directory ``<dir>/runstream/run-<time>-<id>/``
+    and the shared-memory ring, writes the run's first records (metadata and config), points
+    ``runstream.run``, ``runstream.config``, ``runstream.summary`` and ``runstream.log`` at the
+    new run, and starts the sidecar process that journals the run (and streams it to the server
+    when online).  It does not wait for the sidecar to start or for the server.
+
+    Args:
+        job_type: A label for the kind of job (``"train"``, ``"eval"``...), kept with the run.
+        dir: The directory under which the run directory is made.  Default: the current one.
+        config: The run's hyperparameters: a dict, an ``argparse.Namespace``, absl flags
+            (anything with ``flag_values_dict()``) or the path of a YAML file (W&B's
+            ``{value: ..., desc: ...}`` entries are unwrapped).  Becomes ``run.config``.
+        project: The project the run belongs to.  Default: ``"uncategorized"``.
+        entity: The user or team that owns the project.  Default: the login name.
+        reinit: What to do when this process already has an active run.  False or None:
+            warn (``RuntimeWarning``) and return the active run unchanged, ignoring every other
+            argument.  True: finish the active run first (which blocks as ``finish`` does).
+        tags: Strings to label the run with (``run.tags``).
+        group: Groups related runs (e.g. the workers of one distributed job).
+        name: The display name.  Default: a generated ``adjective-noun-N``, or the stored
+            name of the run being resumed.
+        notes: A longer description of the run.
+        magic: Accepted for compatibility; any true value warns that it has no effect.
+        config_exclude_keys: Keys of ``config`` not to keep.
+        config_include_keys: The only keys of ``config`` to keep.  Giving both is a
+            ``UsageError``.
+        anonymous: Accepted for compatibility; runstream has no anonymous mode.  No effect.
+        mode: ``"online"`` (the default: stream to the server set by ``RUNSTREAM_HOST``,
+            ``WANDB_BASE_URL`` or ``runstream login``, keeping a local copy; offline, with a
+            message, when no server is configured), ``"offline"`` (local only; upload later
+            with ``runstream sync``; ``"dryrun"`` means the same) or ``"disabled"``
+            (nothing is written and no process started; see Returns).
+        allow_val_change: Let a config key that is already set take a new value; otherwise
+            such a change raises ``ConfigError``.
+        resume: ``None``/``False``: start a new run.  ``True``/``"auto"``: without ``id``,
+            resume the latest run under ``dir`` if it crashed, else start a new one; with
+            ``id``, as ``"allow"``.  ``"allow"``: resume run ``id`` if it exists (locally, or on
+            the server when online), else start it.  ``"must"``: resume run ``id``, which must
+            exist.  ``"never"``: start run ``id``, which must not exist.  A resumed run
+            continues at the step after its last row, and its config is kept.
+        force: Accepted for compatibility; no effect (runstream without a server runs
+            offline).
+        tensorboard: W&B's alias of ``sync_tensorboard``.
+        sync_tensorboard: TensorBoard syncing is not supported: a true value warns that it has
+            no effect.
+        monitor_gym: Gym video recording is not supported: a true value warns that it has no
+            effect.
+        save_code: Keep a copy of the entry-point script with the run (overrides the
+            ``save_code`` setting).
+        id: The run's id, unique in its project: 1 to 64 letters, digits, ``-`` or ``_``.
+            Needed to resume a particular run.  Default: 8 random lower-case letters and
+            digits.
+        settings: A dict, or a ``runstream.settings.Settings``, of further settings: any field
+            of ``Settings`` (``ring_size``, ``overflow_size``, ``finish_timeout``, ``silent``,
+            ``console``...), or W&B's name for it (``run_name``, ``base_url``...).  W&B
+            settings for machinery runstream does not have (``start_method``...) are ignored;
+            any other key raises ``SettingsError``.
+        fork_from: Not supported: any value warns that it has no effect, and ``init`` starts
+            a run as it would without it.
+        resume_from: Not supported, as ``fork_from``.
+
+    Returns:
+        The new (or resumed) :class:`Run`.  When the mode resolves to ``"disabled"`` (the
+        argument, ``settings`` or ``RUNSTREAM_MODE``/``WANDB_MODE``), a
+        :class:`~runstream.disabled.DisabledRun`: it has ``Run``'s attributes and methods, and
+        they record nothing.  With a run already active and no ``reinit``, that run.
+
+    Raises:
+        TypeError: An unknown keyword argument (the message names it); a ``config`` of a type
+            that cannot be read, or with a key that is not a string.
+        SettingsError: A setting has a bad value, or ``settings`` has an unknown key.
+        ConfigError: The ``config`` YAML file is missing, unreadable or not a mapping.
+        UsageError: A ``resume`` value or rule is broken (``"must"`` and no such run,
+            ``"never"`` and it exists, ``"must"``/``"never"`` without ``id``), ``id`` is not a
+            valid run id, both ``config_include_keys`` and ``config_exclude_keys`` are given,
+            or, resuming online, the server refused the request or did not answer in time.
+        OSError: The run directory, the ring (``/dev/shm`` may be too small for
+            ``ring_size``) or the sidecar process could not be created.
+
+    Blocking:
+        ``init`` itself does not wait for the sidecar or the network: the time goes to
+        creating the ring (``ring_size`` bytes, 64 MiB by default, allocated up front so that
+        ``log`` never takes a page fault) and starting a process.  It can wait longer in three
+        cases: ``reinit=True`` finishes the active run (up to its ``finish_timeout``);
+        resuming a local run reads its journal; and an online run given an ``id`` and a
+        ``resume`` asks the server about it, for a few seconds with ``"allow"``/``"auto"``
+        (then going on from local state) and for up to about 30 s with ``"must"``/``"never"``
+        (then raising ``UsageError``).
+
+    ``init`` and ``finish`` serialise on a lock, and a process has at most one active run.
+    The W&B parameters that ask for a feature runstream lacks (``magic``, ``tensorboard``,
+    ``sync_tensorboard``, ``monitor_gym`` with a true value; ``fork_from``, ``resume_from``
+    with any value) each give one ``RuntimeWarning`` per call, in every mode, before anything
+    else happens.
+    """
+    _warn_unsupported(
+        {
+            "magic": magic,
+            "tensorboard": tensorboard,
+            "sync_tensorboard": sync_tensorboard,
+            "monitor_gym": monitor_gym,
+            "fork_from": fork_from,
+            "resume_from": resume_from,
+        }
+    )
     with _lock:
         if _active is not None and not _active._finished:
             if not reinit:
@@ -133,8 +282,6 @@ def init(
         )  # fmt: skip
         cfg_dict = load_config(config, config_include_keys, config_exclude_keys)
         if s.mode == "disabled":
-            from runstream.disabled import DisabledRun
-
             run = DisabledRun(s, cfg_dict)
             _publish(run)
             return run
@@ -148,7 +295,9 @@ def init(
             else:
                 say(s, "no server configured (RUNSTREAM_HOST or `runstream login`): running offline")
         run_id = validate_run_id(s.run_id) if s.run_id else None
-        target = _resume_target(s, resume, run_id) if online is None or resume != "must" else None
+        # Online, resume="must" with an id asks the server first (below); without one it is an error.
+        must_ask_server = online is not None and resume == "must" and run_id is not None
+        target = None if must_ask_server else _resume_target(s, resume, run_id)
         remote = None
         if online is not None and run_id and resume not in (None, False):
             remote = _check_server_resume(online, s, run_id, str(resume))
@@ -156,9 +305,7 @@ def init(
                 target = _find_local_run(s.root_dir, run_id)
         if target is not None:
             remote = None  # the local journal knows where the run stands
-        return _start(
-            s, run_id, target, cfg_dict, bool(allow_val_change), save_code, ignored, online, resume, remote
-        )
+        return _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, online, resume, remote)
 
 
 @dataclass(frozen=True)
@@ -210,6 +357,20 @@ def _check_server_resume(online: Online, s: Settings, run_id: str, resume: str) 
     return found
 
 
+@dataclass
+class _Origin:
+    """Where a starting run lives, and where it continues from (a new run: step 0, seq 1)."""
+
+    run_id: str
+    name: str
+    run_dir: Path
+    resumed_locally: bool  # from its run directory's journal
+    resumed: bool  # from the journal or from the server's copy
+    start_step: int = 0
+    first_seq: int = 1
+    prior_config: dict[str, Any] = field(default_factory=dict)
+
+
 def _start(
     s: Settings,
     run_id: str | None,
@@ -217,33 +378,66 @@ def _start(
     cfg_dict: dict[str, Any],
     allow_val_change: bool,
     save_code: bool | None,
-    ignored: dict[str, Any],
     online: Online | None = None,
     resume: Any = None,
     remote: dict[str, Any] | None = None,
 ) -> Run:
+    """Start the run ``init`` has settled on: each step below is one function, in order."""
     if save_code is not None:  # init(save_code=...) wins over the setting
         s.save_code = bool(save_code)
-    start_step, first_seq = 0, 1
-    prior_config: dict[str, Any] = {}
+    origin = _locate_run(s, run_id, resume_dir, remote)
+    update_latest_link(s.root_dir, origin.run_dir)
+    ring, writer = _open_ring(s, origin)
+    run = _make_run(s, origin, ring, writer, allow_val_change)
+    meta = _write_first_records(run, origin, cfg_dict, allow_val_change)
+    writer_id = _write_run_json(origin.run_dir, meta)
+    continuing = origin.resumed_locally or bool(remote)
+    extra_args, extra_env = _sidecar_options(s, online, origin.run_id, writer_id, continuing, resume)
+    run._online = online  # type: ignore[attr-defined]
+    _start_sidecar(run, s, ring, extra_args, extra_env)
+    _publish(run)
+    _install_hooks()
+    _say_started(s, run, origin, online)
+    return run
+
+
+def _locate_run(
+    s: Settings, run_id: str | None, resume_dir: Path | None, remote: dict[str, Any] | None
+) -> _Origin:
+    """The run's id, name and directory, and the step, seq and config it continues from: those
+    of its journal when resumed locally, else a new directory (continuing the server's copy when
+    ``remote`` is it)."""
     if resume_dir is not None:
         state, _ = replay(resume_dir, keep_rows=False)
-        run_id = str(state.run.get("id") or resume_dir.name.rsplit("-", 1)[-1])
-        name = s.name or str(state.run.get("name") or new_run_name())
-        start_step = state.last_step + 1
-        first_seq = state.last_seq + 1
-        prior_config = state.config
-        run_dir = resume_dir
-    else:
-        run_id = run_id or new_run_id()
-        name = s.name or (remote or {}).get("name") or new_run_name()
-        run_dir = create_run_dir(s.root_dir, run_id, dt.datetime.now())
-        if remote is not None:  # resumed from the server's copy on a machine without the run dir
-            start_step = int(remote.get("last_step", -1)) + 1
-            prior_config = dict(remote.get("config") or {})
-    update_latest_link(s.root_dir, run_dir)
-    ring = RingMap.create(default_ring_path(run_id, run_dir), s.ring_size)
-    writer = RingWriter(ring, s.overflow_size, first_seq=first_seq)
+        return _Origin(
+            run_id=str(state.run.get("id") or resume_dir.name.rsplit("-", 1)[-1]),
+            name=s.name or str(state.run.get("name") or new_run_name()),
+            run_dir=resume_dir,
+            resumed_locally=True,
+            resumed=True,
+            start_step=state.last_step + 1,
+            first_seq=state.last_seq + 1,
+            prior_config=state.config,
+        )
+    run_id = run_id or new_run_id()
+    name = s.name or (remote or {}).get("name") or new_run_name()
+    origin = _Origin(
+        run_id=run_id,
+        name=name,
+        run_dir=create_run_dir(s.root_dir, run_id, dt.datetime.now()),
+        resumed_locally=False,
+        resumed=remote is not None,
+    )
+    if remote is not None:  # resumed from the server's copy on a machine without the run dir
+        origin.start_step = int(remote.get("last_step", -1)) + 1
+        origin.prior_config = dict(remote.get("config") or {})
+    return origin
+
+
+def _open_ring(s: Settings, origin: _Origin) -> tuple[RingMap, RingWriter]:
+    """Create the shared-memory ring and its writer, which warns once when it starts dropping."""
+    ring = RingMap.create(default_ring_path(origin.run_id, origin.run_dir), s.ring_size)
+    writer = RingWriter(ring, s.overflow_size, first_seq=origin.first_seq)
 
     def warn_drop() -> None:
         from runstream.console import deferred
@@ -257,14 +451,28 @@ def _start(
             )
 
     writer.on_first_drop = warn_drop
+    return ring, writer
+
+
+def _make_run(s: Settings, origin: _Origin, ring: RingMap, writer: RingWriter, allow_val_change: bool) -> Run:
+    """The ``Run`` object, its config holding what a resumed run had (nothing is written yet)."""
     config = Config()
-    config.update(prior_config, allow_val_change=True)
+    config.update(origin.prior_config, allow_val_change=True)
     config._allow_val_change = allow_val_change
-    run = Run(s, run_id, name, run_dir, config, writer, start_step=start_step)
+    run = Run(s, origin.run_id, origin.name, origin.run_dir, config, writer, start_step=origin.start_step)
     run._ring = ring  # type: ignore[attr-defined]
+    return run
+
+
+def _write_first_records(
+    run: Run, origin: _Origin, cfg_dict: dict[str, Any], allow_val_change: bool
+) -> dict[str, Any]:
+    """Publish the RUN record (the metadata, returned) and the CONFIG records, then let config
+    changes publish themselves."""
+    s = run._settings
     meta = {
-        "id": run_id,
-        "name": name,
+        "id": origin.run_id,
+        "name": origin.name,
         "project": s.project,
         "entity": s.entity,
         "tags": list(s.tags),
@@ -278,36 +486,57 @@ def _start(
         "args": sys.argv[1:],
         "python": sys.version.split()[0],
         "save_code": s.save_code,
-        "resumed": resume_dir is not None or remote is not None,
+        "resumed": origin.resumed,
     }
-    if resume_dir is not None or remote is not None:
+    if origin.resumed:
         meta.pop("start_time")  # runtime keeps counting from the first start
     run._emit(rec.KIND_RUN, meta)
+    config = run.config
     config._emit = lambda delta: run._emit(rec.KIND_CONFIG, delta)
-    config.update(cfg_dict, allow_val_change=True if resume_dir is not None else allow_val_change)
+    config.update(cfg_dict, allow_val_change=True if origin.resumed_locally else allow_val_change)
     if not cfg_dict:
         run._emit(rec.KIND_CONFIG, {})  # so config.yaml exists from the start
+    return meta
+
+
+def _write_run_json(run_dir: Path, meta: dict[str, Any]) -> str:
+    """Write ``run.json`` (who writes this run directory); returns the writer id."""
     writer_id = _writer_id(run_dir)
     info = {k: meta.get(k) for k in ("id", "name", "project", "entity", "pid", "host", "program", "args")}
     write_json_atomic(run_dir / "run.json", {**info, "writer_id": writer_id, "created": time.time()})
+    return writer_id
+
+
+def _sidecar_options(
+    s: Settings, online: Online | None, run_id: str, writer_id: str, continuing: bool, resume: Any
+) -> tuple[list[str], dict[str, str]]:
+    """The sidecar's extra arguments and environment: an online run's server, identity and
+    upload deadline (its key goes in the environment, never on the command line)."""
     extra_args: list[str] = []
     extra_env: dict[str, str] = {}
     if online is not None:
         extra_args = [
             "--url", online.url, "--entity", s.entity, "--project", s.project, "--run-id", run_id,
-            "--writer-id", writer_id, "--resume", "allow" if resume_dir or remote else _resume_arg(resume),
+            "--writer-id", writer_id, "--resume", "allow" if continuing else _resume_arg(resume),
             "--upload-timeout", str(max(min(s.finish_timeout - 3.0, s.finish_timeout * 0.8), 0.1)),
         ]  # fmt: skip
         if online.api_key:
             extra_env["RUNSTREAM_API_KEY"] = online.api_key  # never on the command line
-    run._online = online  # type: ignore[attr-defined]
+    return extra_args, extra_env
+
+
+def _start_sidecar(
+    run: Run, s: Settings, ring: RingMap, extra_args: list[str], extra_env: dict[str, str]
+) -> None:
+    """Start capturing the console (its pipes go to the sidecar), then the sidecar itself under
+    its supervisor; if the sidecar cannot start, the terminal gets its fds back."""
     from runstream import console
 
     cap = console.start(s.console, run._emit, lambda m: say(s, m))
     run._console = cap  # type: ignore[attr-defined]
     if cap is not None:
         extra_args += cap.sidecar_args()
-    sup = SidecarSupervisor(ring.path, run_dir, s, extra_args, extra_env, cap.pass_fds() if cap else None)
+    sup = SidecarSupervisor(ring.path, run._dir, s, extra_args, extra_env, cap.pass_fds() if cap else None)
     if cap is not None:
         sup.on_give_up = cap.no_sidecar
     try:
@@ -318,12 +547,12 @@ def _start(
             cap.close()
         raise
     run._sidecar = sup
-    _publish(run)
-    _install_hooks()
-    verb = "resumed" if resume_dir is not None else "started"
+
+
+def _say_started(s: Settings, run: Run, origin: _Origin, online: Online | None) -> None:
+    verb = "resumed" if origin.resumed_locally else "started"
     where = f"streaming to {online.url} as {run.path}" if online else "offline"
-    say(s, f"{verb} run {name} ({run_id}) {where}; local copy in {run_dir}")
-    return run
+    say(s, f"{verb} run {origin.name} ({origin.run_id}) {where}; local copy in {origin.run_dir}")
 
 
 def _writer_id(run_dir: Path) -> str:
@@ -346,7 +575,7 @@ def _resume_arg(resume: Any) -> str:
     )
 
 
-def _publish(run: Any) -> None:
+def _publish(run: Run | DisabledRun) -> None:
     """Point the module-level names (runstream.run, .config, .summary, .log) at ``run``."""
     global _active
     import runstream
@@ -390,6 +619,9 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         writer.abandon_overflow()  # what finish_timeout could not move is counted as dropped
         writer.close()
         run._finished = True
+        # A pending row sends every later log() down the slow path (the fast one, in Python or C,
+        # does not look at _finished), where a finished run raises UsageError.
+        run._pending = {}
         sup = run._sidecar
         sidecar_code = sup.stop(max(deadline - time.monotonic(), 1.0)) if sup else None
         if cap is not None:
@@ -431,6 +663,21 @@ def finish_run(run: Run, exit_code: int | None) -> None:
 
 
 def finish(exit_code: int | None = None, quiet: bool | None = None) -> None:
+    """Finish the active run, if there is one (``runstream.run.finish``); otherwise do nothing.
+
+    Args:
+        exit_code: 0 or ``None`` marks the run finished; anything else marks it failed with
+            that code.
+        quiet: Accepted for compatibility with W&B; ignored.
+
+    Blocking:
+        As :meth:`Run.finish`: it waits, bounded by the ``finish_timeout`` setting (60 s by
+        default), for the sidecar to journal and fsync the run and, online, for the server to
+        acknowledge it; what the deadline cuts off is reported on stderr.  A disabled run
+        finishes at once.  Afterwards ``runstream.run`` and ``runstream.summary`` are ``None``
+        again, and ``runstream.log`` and ``runstream.config`` raise ``UsageError`` until the
+        next ``init``.
+    """
     run = _active
     if run is not None:
         run.finish(exit_code)

@@ -18,15 +18,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from runstream.errors import RecordTooLargeError
 from runstream.format import record as rec
-from runstream.ring import (
+from runstream.format.ring_layout import (
     CONTROL_SIZE,
     MIN_CAPACITY,
     W_DROPPED,
     W_OVERFLOW_PEAK,
     W_SKIPPED_BYTES,
     RingMap,
-    RingWriter,
 )
+from runstream.ring import RingWriter
 from runstream_ingest.sidecar.ring_reader import STUCK_TIMEOUT, RingReader
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import runstream
-from runstream.ring import W_DROPPED, W_OVERFLOW_PEAK
+from runstream.format.ring_layout import W_DROPPED, W_OVERFLOW_PEAK
 
 pytestmark = pytest.mark.usefixtures("finish_active_run")
 

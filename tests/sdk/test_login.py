@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from runstream.errors import UsageError
+from runstream.format.api_key import mask, new_key
 from runstream.login import Credentials, add_login_parser, credentials, credentials_path, login
-from runstream_ingest.server.auth.keys import mask, new_key
 
 HOST = "http://rs.example.com:7780"
 

@@ -151,6 +151,20 @@ def test_atomic_writes(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
+def test_an_atomic_write_of_a_secret_is_never_readable_by_others_even_under_umask_0(tmp_path: Path) -> None:
+    target = tmp_path / "credentials.json"
+    target.write_text("old")
+    target.chmod(0o644)
+    old_umask = os.umask(0)
+    try:
+        atomic.write_text_atomic(target, '{"key": "s3cret"}\n', mode=0o600)
+        atomic.write_text_atomic(tmp_path / "plain.txt", "x")
+    finally:
+        os.umask(old_umask)
+    assert target.stat().st_mode & 0o777 == 0o600  # the replacement's mode, not the old file's
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o666  # no mode: the umask decides
+
+
 def test_failed_atomic_write_keeps_the_old_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "config.yaml"
     target.write_text("old: 1\n")

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from runstream.errors import Error
-from runstream.read.local import RunData, json_safe, read_run
+from runstream.format.fold import json_safe
+from runstream.read.local import RunData, read_run
 
 
 def _short(value: Any, width: int = 60) -> str:

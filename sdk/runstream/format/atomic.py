@@ -33,13 +33,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, mode: int | None = None) -> None:
     """Replace ``path`` with ``text`` so that readers and crashes see the old or the new content,
-    never a mix: write a temp file in the same directory, fsync it, rename it, fsync the dir."""
+    never a mix: write a temp file in the same directory, fsync it, rename it, fsync the dir.
+
+    ``mode`` (e.g. ``0o600`` for a file holding a secret) is the file's permissions from its first
+    byte on, whatever the umask; None leaves them to the umask, as ``open`` does."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+        if mode is not None:
+            os.fchmod(fd, mode)  # the umask may have taken bits away from os.open's mode
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -103,7 +103,37 @@ def _floats(obj: Any) -> Any:
 
 
 class Api:
+    """Read (and edit) runs stored on a runstream server, as ``wandb.Api`` does on W&B's.
+
+    Every method makes plain blocking HTTP requests to the server's API (docs/http-api.md),
+    each bounded by ``timeout``; nothing runs in the background, and nothing is cached between
+    calls except the pages a :class:`~runstream.read.api_runs.Runs` has fetched.  ``run`` and
+    ``runs`` give :class:`~runstream.read.api_runs.ApiRun` objects, whose ``history``,
+    ``scan_history``, ``files`` and ``update`` make further requests.
+
+    Errors from the server raise an :class:`ApiError` subclass that names the request and the
+    server's message: ``NotFoundError`` (404), ``UnauthorizedError`` (401),
+    ``PermissionDeniedError`` (403), ``InvalidRequestError`` (400), ``ConflictError`` (409);
+    other statuses, and a server that cannot be reached or does not answer within
+    ``timeout``, raise ``ApiError`` itself.
+
+    An ``Api`` holds no connection and may be shared between threads.
+    """
+
     def __init__(self, host: str | None = None, api_key: str | None = None, timeout: float = 30.0) -> None:
+        """Set up access to a server; no request is made yet.
+
+        Args:
+            host: The server's URL.  Default: ``RUNSTREAM_HOST``, else ``WANDB_BASE_URL``,
+                else the host last used by ``runstream login``.
+            api_key: The key to send.  Default: ``RUNSTREAM_API_KEY``, else ``WANDB_API_KEY``,
+                else the key ``runstream login`` stored for the host; none when there is none
+                (a server without auth needs none).
+            timeout: Seconds each request may take before it fails with ``ApiError``.
+
+        Raises:
+            UsageError: No host is given or configured.
+        """
         from runstream.login import credentials
 
         creds = credentials(host)
@@ -140,7 +170,20 @@ class Api:
         return bits
 
     def run(self, path: str) -> ApiRun:
-        """One run, by ``entity/project/run_id``."""
+        """Fetch one run (one request).
+
+        Args:
+            path: ``"entity/project/run_id"`` (a run's ``path``).
+
+        Returns:
+            An :class:`~runstream.read.api_runs.ApiRun` holding the run as the server has it
+            now: metadata, state, config and summary.
+
+        Raises:
+            UsageError: ``path`` does not have three parts.
+            NotFoundError: The server has no such run.
+            ApiError: Another refusal (see the class docstring), or no answer in time.
+        """
         from runstream.read.api_runs import ApiRun
 
         entity, project, run_id = self._split(path, 3)
@@ -154,9 +197,30 @@ class Api:
         per_page: int = 50,
         search: str | None = None,
     ) -> Runs:
-        """The project's runs matching ``filters`` (docs/http-api.md, "Filters"), sorted by
-        ``order`` (``"-summary.acc"``, ``"+created_at"``, several comma-separated), fetched
-        ``per_page`` at a time as they are iterated.  ``len()`` is the number that match."""
+        """A project's runs, filtered and sorted on the server, fetched lazily.
+
+        Args:
+            path: ``"entity/project"``.
+            filters: MongoDB-style conditions on run fields, config and summary, e.g.
+                ``{"config.lr": {"$lt": 0.01}, "state": "finished"}`` (docs/http-api.md,
+                "Filters").
+            order: Sort fields, comma-separated, each ``-`` for descending or ``+``/nothing for
+                ascending: ``"-summary.acc,+created_at"``.  Default: newest first.
+            per_page: How many runs each request fetches, 1 to 10000.
+            search: A case-insensitive substring of a run's name, id or one of its tags.
+
+        Returns:
+            A :class:`~runstream.read.api_runs.Runs`: iterate it, index it, or take its
+            ``len()`` (the number of matching runs).  No request is made until then; pages are
+            fetched one request each as they are needed and kept.
+
+        Raises:
+            UsageError: At once, for a malformed ``path``, a ``filters`` that is not a dict or
+                ``per_page`` out of range.
+            InvalidRequestError: When the first page is fetched, if the server refuses the
+                filter, order or search (the message names what).
+            ApiError: Likewise, for the errors in the class docstring.
+        """
         from runstream.read.api_runs import Runs
 
         entity, project = self._split(path, 2)
@@ -167,4 +231,6 @@ class Api:
         return Runs(self, entity, project, filters, order, per_page, search)
 
     def projects(self, entity: str) -> list[str]:
+        """The names of ``entity``'s projects, sorted (one request; ``[]`` for an unknown
+        entity).  Raises :class:`ApiError` (or a subclass) as the class docstring says."""
         return list(self._get(f"/api/v1/projects/{entity}")["projects"])

@@ -175,12 +175,32 @@ class ApiRun:
         pandas: bool = True,
         stats: bool = False,
     ) -> Any:
-        """The keys (default: every history key) downsampled on the server into at most
-        ``samples`` rows along ``x_axis`` (``_step``, ``_runtime`` or ``_timestamp``).  A row is a
-        bucket: ``x_axis`` is its first point's, each key its mean there (every point, exactly,
-        when the run has no more than ``samples``); ``stats=True`` adds ``<key>:min``,
-        ``<key>:max`` and ``<key>:count``, so that spikes the mean smooths over stay visible.
-        A pandas DataFrame when ``pandas`` and pandas is installed, else a list of dicts."""
+        """The run's history, downsampled on the server: quick for plotting any run length.
+
+        Each key's points are cut into at most ``samples`` buckets along ``x_axis``; a row is a
+        bucket, whose ``x_axis`` value is its first point's and whose value for each key is the
+        mean of the key's points there (keys logged at different steps may give different
+        buckets, hence more rows).  A key with no more than ``samples`` points comes back
+        exactly, one row per point.  For every row as logged, use :meth:`scan_history`.
+
+        Args:
+            keys: The history keys to fetch.  Default: every key of the run (one request more).
+            samples: The most buckets per key.
+            x_axis: ``"_step"``, ``"_runtime"`` or ``"_timestamp"``.
+            pandas: Return a pandas DataFrame (when pandas is installed) rather than a list of
+                dicts.
+            stats: Add ``<key>:min``, ``<key>:max`` and ``<key>:count`` per bucket, so spikes
+                that the mean smooths over stay visible.
+
+        Returns:
+            A DataFrame with the columns ``x_axis`` and then the keys, or, with
+            ``pandas=False`` or without pandas, the same rows as dicts sorted by ``x_axis``.
+
+        Raises:
+            InvalidRequestError: The server refused a key, ``samples`` or ``x_axis``.
+            ApiError: As ``Api`` (one request per 50 keys, each bounded by the ``Api``'s
+                timeout).
+        """
         if keys is None:
             keys = [k for k in self.history_keys() if k not in RESERVED and k != x_axis]
         by_x: dict[Any, dict[str, Any]] = {}
@@ -208,7 +228,24 @@ class ApiRun:
         max_step: int | None = None,
         page_size: int = 1000,
     ) -> Iterator[dict[str, Any]]:
-        """Every row (or its ``keys``), in step order, fetched ``page_size`` rows at a time."""
+        """Every history row as logged, in step order, fetched a page at a time while iterated.
+
+        Args:
+            keys: Only these keys (each row still has ``_step``, ``_timestamp`` and
+                ``_runtime``); rows holding none of them are left out.  Default: every key.
+            min_step, max_step: Inclusive bounds on ``_step``.
+            page_size: Rows per request, 1 to 10000.
+
+        Yields:
+            One dict per row: ``_step``, ``_timestamp``, ``_runtime`` and the row's values.
+
+        Raises:
+            InvalidRequestError, NotFoundError, ApiError: From the request for the page being
+                read (as ``Api``), raised by the iteration, not by this call.
+
+        A generator: no request is made until the first row is asked for, and each further page
+        is one blocking request, made when the previous page has been consumed.
+        """
         step = min_step
         while True:
             page = self._api._get(
