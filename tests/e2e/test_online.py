@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import runstream
 from tests.conftest import sidecars_under
+from tests.support.procs import poll
 from tests.support.server import ServerProc, start_server
 from tests.support.waiting import wait_for
 
@@ -90,7 +91,21 @@ def test_rows_are_on_the_server_while_the_run_is_still_running(tmp_path: Path, s
     assert steps_on_server(server.url, path) == list(range(5000))
 
 
-def test_server_stopped_mid_run_and_restarted_30s_later_stores_every_record_once(tmp_path: Path) -> None:
+def sidecar_log(tmp_path: Path, since: int = 0) -> str:
+    """The run's logs/sidecar.log from byte ``since`` on."""
+    with open((tmp_path / "runstream" / "latest-run").resolve() / "logs" / "sidecar.log", "rb") as f:
+        f.seek(since)
+        return f.read().decode(errors="replace")
+
+
+# What a shipper logs each time it fails to reach a server that is down (it retries with backoff).
+NOT_REACHABLE = re.compile(r"server \S+ not reachable: ")
+# An online run has two shippers (the run's journal and the companion's), so this is about five
+# failures each: their backoff (100 ms, doubling) has grown to seconds by then.
+FAILED_RECONNECTS = 10
+
+
+def test_server_stopped_mid_run_and_restarted_later_stores_every_record_once(tmp_path: Path) -> None:
     http, grpc_port = free_port(), free_port()
     srv = start_server(tmp_path / "server", http_port=http, grpc_port=grpc_port)
     proc = script(
@@ -115,11 +130,22 @@ def test_server_stopped_mid_run_and_restarted_30s_later_stores_every_record_once
         srv.url,
     )
     try:
-        time.sleep(1.0)  # let it stream a while with the server up
+        # It streams a while with the server up: until rows are on the server.
+        wait_for((tmp_path / "runstream" / "latest-run" / "run.json").exists, 60, "the run to start")
+        path = run_path(tmp_path)
+        wait_for(lambda: rows_on_server(srv.url, path) > 0, 30, "rows to reach the server")
+        mark = len(sidecar_log(tmp_path).encode())
         srv.stop()
         (tmp_path / "stop-1").touch()
         wait_for((tmp_path / "phase-1").exists, 30, "the script to keep logging")
-        time.sleep(30)  # the server stays away for 30 s while training goes on
+        # The server stays away while training goes on, until the shippers have failed to reconnect
+        # several times (rather than for a fixed 30 s): it then comes back while they back off.
+        poll(
+            "the shippers failing to reconnect",
+            lambda: len(NOT_REACHABLE.findall(sidecar_log(tmp_path, mark))) >= FAILED_RECONNECTS,
+            60,
+            diag=lambda: sidecar_log(tmp_path)[-3000:],
+        )
         srv = start_server(tmp_path / "server", http_port=http, grpc_port=grpc_port)
         (tmp_path / "stop-2").touch()
         assert proc.wait(120) == 0, err_of(tmp_path)

@@ -15,10 +15,9 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,9 @@ from tests.support.browser import (
     open_page,
 )
 from tests.support.server import ServerProc, running_server
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 @pytest.fixture(scope="module")
@@ -442,14 +442,6 @@ def api_run(url: str, path: str) -> dict[str, Any]:
         raise
 
 
-def poll(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_a_running_runs_chart_and_table_row_follow_its_data_and_new_keys_within_2s(
     tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
 ) -> None:
@@ -461,9 +453,9 @@ def test_a_running_runs_chart_and_table_row_follow_its_data_and_new_keys_within_
             [sys.executable, "train.py"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err
         )
         try:
-            poll((tmp_path / "id").exists, 60, "the script to log its first rows")
+            wait_for((tmp_path / "id").exists, 60, "the script to log its first rows")
             path = f"acme/live/{(tmp_path / 'id').read_text().strip()}"
-            poll(lambda: api_run(srv.url, path).get("rows") == 10, 10, "the first rows on the server")
+            wait_for(lambda: api_run(srv.url, path).get("rows") == 10, 10, "the first rows on the server")
             with open_page(browser, request) as chart:
                 table = chart.context.new_page()
                 table.goto(f"{srv.url}/#/p/acme/live")
@@ -476,7 +468,7 @@ def test_a_running_runs_chart_and_table_row_follow_its_data_and_new_keys_within_
                 expect(chart.get_by_test_id("section")).to_have_count(1)
 
                 (tmp_path / "more").touch()
-                poll(lambda: api_run(srv.url, path).get("rows") == 20, 10, "the next rows on the server")
+                wait_for(lambda: api_run(srv.url, path).get("rows") == 20, 10, "the next rows on the server")
                 chart.wait_for_function(f"() => ({lengths})() === 20", timeout=2000)
                 # A key logged only from step 11 on gets its panel, in a section of its own, live.
                 acc = "() => document.querySelector('[data-key=\"val/acc\"]')?.__panel?.u?.data[0].length"
@@ -485,7 +477,7 @@ def test_a_running_runs_chart_and_table_row_follow_its_data_and_new_keys_within_
                 expect(chart.locator('[data-testid="section"][data-section="val"]')).to_have_count(1)
 
                 (tmp_path / "stop").touch()
-                poll(lambda: api_run(srv.url, path).get("state") == "finished", 30, "the run to finish")
+                wait_for(lambda: api_run(srv.url, path).get("state") == "finished", 30, "the run to finish")
                 expect(row.locator('[data-col="state"]')).to_have_text("finished", timeout=2000)
             assert proc.wait(60) == 0, (tmp_path / "train.err").read_text()
         finally:

@@ -26,13 +26,7 @@ import zstandard
 
 import runstream
 from runstream.format import record as rec
-from runstream.ring import (
-    W_DROPPED,
-    W_HEAD,
-    W_JOURNAL_ERRORS,
-    W_SIDECAR_PID,
-    W_TAIL,
-)
+from runstream.format.ring_layout import W_DROPPED, W_HEAD, W_JOURNAL_ERRORS, W_SIDECAR_PID, W_TAIL
 from tests.support.procs import (
     Script,
     alive,

@@ -30,7 +30,14 @@ import pytest
 import runstream
 from runstream.format.fs import OsFileSystem
 from runstream.format.journal_read import ScannedFrame, read_journal, scan_segment
-from runstream.ring import W_HEAD, W_JOURNAL_ERRORS, W_JOURNALED_SEQ, W_SIDECAR_PID, W_SYNCED_SEQ, W_TAIL
+from runstream.format.ring_layout import (
+    W_HEAD,
+    W_JOURNAL_ERRORS,
+    W_JOURNALED_SEQ,
+    W_SIDECAR_PID,
+    W_SYNCED_SEQ,
+    W_TAIL,
+)
 from tests.support.procs import (
     Script,
     alive,

@@ -17,7 +17,7 @@ What the server holds is read back with ``runstream.Api`` (``scan_history``), as
 
 from __future__ import annotations
 
-import time
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 
 import runstream
+from runstream.format.ring_layout import W_HEAD, W_OVERFLOW_BYTES, W_TAIL
 from runstream.read.api import NotFoundError
-from tests.support.procs import Script, poll, running_script
+from tests.support.procs import Script, poll, ring_words, running_script
 from tests.support.proxy import Proxy
 from tests.support.server import ServerProc, running_server
 
@@ -35,7 +36,12 @@ pytestmark = pytest.mark.slow
 
 MAX_LOG_S = 0.05  # "never blocks": a log() call takes microseconds; waiting on the network would not
 CATCH_UP_S = 15.0  # backoff after a cut tops out near 2x the outage here; this is a generous bound
-OUTAGE_S = 1.0  # how long the network stays broken while the script logs
+# An outage lasts until the sidecar has journaled what the script logged meanwhile (the backlog) and
+# the shipper has met the broken path; waiting for those is bounded by this.
+OUTAGE_WAIT_S = 30.0
+# What the shipper logs (logs/sidecar.log) when its stream dies, and when reconnecting is refused.
+STREAM_ENDED = r"stream to \S+ ended: "
+REFUSED = STREAM_ENDED + r"UNAVAILABLE .*Connection refused"
 
 TRAIN = """
 import sys, time
@@ -72,6 +78,7 @@ class Online:
     script: Script
     path: str
     api: runstream.Api
+    run_dir: Path
     rows: int = 0  # logged so far
 
     def log(self, phase: str, n: int) -> None:
@@ -93,6 +100,31 @@ class Online:
             interval=0.05,
             diag=lambda: f"server has {self.stored()}\n{self.script.diag()}\n{self.server.log()[-3000:]}",
         )
+
+    def wait_journaled(self, what: str) -> None:
+        """Wait until the sidecar has taken every row logged so far from the ring (it releases ring
+        space once the journal writer has them): the backlog the shipper must deliver later."""
+
+        def taken() -> bool:
+            w = ring_words(self.run_dir)
+            assert w is not None, f"the run's ring is gone while the script runs\n{self.script.diag()}"
+            return w[W_TAIL] == w[W_HEAD] and w[W_OVERFLOW_BYTES] == 0
+
+        poll(f"every row in the journal ({what})", taken, OUTAGE_WAIT_S, diag=self.script.diag)
+
+    def log_size(self) -> int:
+        """Where the sidecar's log ends now: ``wait_logged`` looks only at what comes after."""
+        return (self.run_dir / "logs" / "sidecar.log").stat().st_size
+
+    def wait_logged(self, since: int, pattern: str, what: str) -> None:
+        """Wait until the sidecar logs a line matching ``pattern`` after offset ``since``."""
+
+        def logged() -> bool:
+            with open(self.run_dir / "logs" / "sidecar.log", "rb") as f:
+                f.seek(since)
+                return re.search(pattern, f.read().decode(errors="replace")) is not None
+
+        poll(what, logged, OUTAGE_WAIT_S, interval=0.05, diag=self.script.diag)
 
     def finish(self) -> dict[str, Any]:
         self.script.send("finish")
@@ -127,8 +159,8 @@ def online(tmp_path: Path) -> Iterator[Online]:
         proxy.upstream_port = srv.grpc_port
         with running_script(TRAIN, tmp_path, root, cfg, {"RUNSTREAM_HOST": srv.url}) as script:
             ready = script.expect("ready")
-            script.watch_run(ready["run_dir"])
-            yield Online(srv, proxy, script, ready["path"], runstream.Api(srv.url))
+            run_dir = script.watch_run(ready["run_dir"])
+            yield Online(srv, proxy, script, ready["path"], runstream.Api(srv.url), run_dir)
 
 
 def test_stalled_then_restored_network(online: Online) -> None:
@@ -138,9 +170,15 @@ def test_stalled_then_restored_network(online: Online) -> None:
     assert o.proxy.forwarded["up"] > 0 and o.proxy.accepted == 1
 
     o.proxy.stall()
+    held = o.proxy.held("up")
+    up = o.proxy.forwarded["up"]
     o.log("stalled", 3000)
     before = o.stored()
-    time.sleep(OUTAGE_S)  # the outage itself: the sidecar cuts ~10 batches meanwhile
+    # The outage itself: the sidecar journals the rows as batches, and the shipper writes them to
+    # its stream, which the stall holds.  Rows could only reach the server through those bytes.
+    o.wait_journaled("during the stall")
+    poll("the shipper writing into the stalled path", lambda: o.proxy.held("up") > held, OUTAGE_WAIT_S)
+    assert o.proxy.forwarded["up"] == up, "bytes got through a stalled network"
     assert o.stored() == before == 500, "rows got through a stalled network"
     o.proxy.restore()
     o.wait_stored("after the stall")
@@ -158,18 +196,26 @@ def test_cut_and_reset_network(online: Online) -> None:
     o.log("warmup", 500)
     o.wait_stored("through the proxy")
 
+    mark = o.log_size()
     o.proxy.cut()
     o.log("cut", 3000)
-    time.sleep(OUTAGE_S)  # the shipper retries against a refusing port meanwhile
+    # The outage lasts until the backlog is journaled and the shipper has retried against the
+    # refusing port (not just seen its stream die).
+    o.wait_journaled("during the cut")
+    o.wait_logged(mark, REFUSED, "the shipper retrying against the refusing port")
     assert o.stored() == 500
     o.proxy.restore()
     o.log("restored", 500)  # logged while the shipper may still be backing off
     o.wait_stored("after the cut")
     reconnects = o.proxy.accepted
 
+    mark = o.log_size()
     o.proxy.reset()  # RSTs the live stream (acks may be lost in flight: resent batches)
     o.log("reset", 3000)
-    time.sleep(OUTAGE_S)
+    # Restored once the backlog is journaled and the shipper has seen its stream die (its next try
+    # may be seconds away: the backoff has grown through the cut).
+    o.wait_journaled("during the reset")
+    o.wait_logged(mark, STREAM_ENDED, "the shipper seeing its stream reset")
     o.proxy.restore()
     o.log("final", 500)
     done = o.finish()  # finish waits for the acks: no wait_stored before it

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.proxy import Proxy
+from tests.support.waiting import wait_for
 
 
 class Echo(socketserver.BaseRequestHandler):
@@ -113,6 +114,8 @@ def test_stall_holds_connections_and_data_until_restore(proxy: Proxy) -> None:
         roundtrip(old)
         proxy.stall()
         old.sendall(b"held")
+        # read and held, not forwarded (what a test waits on to know a sender met the stall)
+        wait_for(lambda: proxy.held("up") == 4, 5, "the proxy to hold the bytes", interval=0.01)
         new = connect(proxy.port)  # accepted, but not carried upstream yet
         new.sendall(b"new")
         for s in (old, new):
@@ -124,6 +127,7 @@ def test_stall_holds_connections_and_data_until_restore(proxy: Proxy) -> None:
         proxy.restore()
         assert recv_exactly(old, 4) == b"held"
         assert recv_exactly(new, 3) == b"new"
+        assert proxy.held("up") == proxy.held("down") == 0
         new.close()
 
 
@@ -150,9 +154,7 @@ def test_reset_sends_rst_both_ways(proxy: Proxy, echo: EchoServer) -> None:
             c.recv(10)
     with pytest.raises(ConnectionRefusedError):
         connect(proxy.port)
-    deadline = time.monotonic() + 5
-    while not echo.errors and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: echo.errors, 5, "the echo server to see the reset", interval=0.01)
     assert any(isinstance(e, ConnectionResetError) for e in echo.errors), echo.errors
     proxy.restore()
     with connect(proxy.port) as c:
@@ -164,10 +166,7 @@ def test_upstream_closing_reaches_the_client(proxy: Proxy, echo: EchoServer) -> 
         roundtrip(c)
         c.shutdown(socket.SHUT_WR)  # the echo handler ends and closes: EOF comes back
         assert c.recv(10) == b""
-    deadline = time.monotonic() + 5
-    while proxy.connections and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proxy.connections == 0
+    wait_for(lambda: proxy.connections == 0, 5, "the proxy to close the connection", interval=0.01)
 
 
 def test_upstream_down_resets_the_client() -> None:

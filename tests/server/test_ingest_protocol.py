@@ -35,6 +35,7 @@ from runstream.format import record as rec
 from runstream_ingest.wire import ingest_pb2 as pb
 from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 from tests.support import DOCS
+from tests.support.procs import poll
 from tests.support.server import ServerProc, start_server
 
 ENTITY, PROJECT = "acme", "proto"
@@ -472,10 +473,12 @@ def test_an_open_but_silent_run_is_marked_crashed_and_a_heartbeat_revives_it(tmp
 
 
 def wait_for_state(srv: ServerProc, run_id: str, state: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while (now := get_run(srv, run_id)["state"]) != state:
-        assert time.monotonic() < deadline, f"run {run_id} is still {now!r}, not {state!r}, after {timeout} s"
-        time.sleep(0.02)
+    poll(
+        f"run {run_id} to be {state!r}",
+        lambda: get_run(srv, run_id)["state"] == state,
+        timeout,
+        diag=lambda: f"it is {get_run(srv, run_id)['state']!r}",
+    )
 
 
 # --- malformed input -----------------------------------------------------------------------------

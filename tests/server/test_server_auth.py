@@ -14,7 +14,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import psutil
 import pytest
 
 import runstream
-from runstream_ingest.server.auth.keys import key_id, new_key
+from runstream.format.api_key import key_id, new_key
 from runstream_ingest.wire import ingest_pb2 as pb
 from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 from tests.server.test_ingest_protocol import (
@@ -39,7 +38,7 @@ from tests.server.test_ingest_protocol import (
     stream,
     uid,
 )
-from tests.support.procs import sidecar_processes
+from tests.support.procs import poll, sidecar_processes
 from tests.support.server import ServerProc, start_server
 
 TEAM_A, TEAM_B, PROJECT = "team-a", "team-b", "p"
@@ -216,15 +215,6 @@ print("finished", flush=True)
 """
 
 
-def _wait_for(what: str, fn: Callable[[], object], timeout: float, diag: Callable[[], str]) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := fn()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{diag()}")
-        time.sleep(0.02)
-    return value
-
-
 def _first_line(path: Path) -> dict[str, str] | None:
     text = path.read_text()
     return json.loads(text.splitlines()[0]) if "\n" in text else None
@@ -250,11 +240,11 @@ def test_an_online_run_streams_with_the_key_and_never_writes_it_down(
         return f"exit code {proc.poll()}\nstderr:\n{err.read_text()[-3000:]}"
 
     try:
-        started = _wait_for("the run to start", lambda: proc.poll() is None and _first_line(out), 60, diag)
+        started = poll("the run to start", lambda: proc.poll() is None and _first_line(out), 60, diag=diag)
         assert isinstance(started, dict)
         run_id, run_dir = started["id"], Path(started["dir"])
         # The sidecar got the key in its environment, not on its command line (ps shows that).
-        sidecars = _wait_for("the sidecar", lambda: sidecar_processes(work), 30, diag)
+        sidecars = poll("the sidecar", lambda: sidecar_processes(work), 30, diag=diag)
         assert isinstance(sidecars, list)
         for p in sidecars:
             with contextlib.suppress(psutil.Error):

@@ -307,6 +307,7 @@ def test_a_1gb_file_is_uploaded_with_the_sidecar_s_memory_far_below_its_size(
         big.unlink(missing_ok=True)
 
 
+@pytest.mark.browser
 def test_the_files_tab_lists_a_run_s_files_and_downloads_them(
     tmp_path: Path,
     work: Path,

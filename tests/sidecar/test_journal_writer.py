@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from runstream.format.frame import encode_frame
 from runstream.format.journal_read import JournalReader, read_journal
-from runstream_ingest.sidecar.journal import JournalWriter, encode_frame
+from runstream_ingest.sidecar.journal import JournalWriter
 from tests.support.crashfs import CrashFileSystem
 from tests.support.frames import Batch, Ledger
 

@@ -248,6 +248,7 @@ def test_a_restarted_sidecar_does_not_record_the_environment_again(tmp_path: Pat
     assert len(companion_records(d, rec.KIND_RUN)) == 1
 
 
+@pytest.mark.browser
 def test_an_online_run_shows_its_environment_in_the_api_and_on_the_overview(
     tmp_path: Path, server: ServerProc, request: pytest.FixtureRequest
 ) -> None:

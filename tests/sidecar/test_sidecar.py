@@ -12,7 +12,8 @@ import uvloop
 
 import runstream
 from runstream.format import record as rec
-from runstream.ring import W_CLOSED, W_JOURNALED, RingMap, RingWriter
+from runstream.format.ring_layout import W_CLOSED, W_JOURNALED, RingMap
+from runstream.ring import RingWriter
 from runstream_ingest.sidecar.main import Sidecar, parse_args
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {

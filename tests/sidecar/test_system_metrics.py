@@ -33,7 +33,7 @@ from runstream_ingest.sidecar.sources.companion import CompanionWriter
 from runstream_ingest.sidecar.sources.system import Sampler, SystemMonitor, descendants, psutil_descendants
 from tests.support import FAKE_NVML
 from tests.support.server import ServerProc
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_for_async
 
 FAKE_DIR = FAKE_NVML
 MiB = 1 << 20
@@ -339,18 +339,16 @@ def test_a_stalled_nvml_call_blocks_neither_the_loop_nor_exit_and_missed_ticks_a
         comp = CompanionWriter(tmp_path)
         mon = SystemMonitor(comp, 0.1, tmp_path, os.getpid(), open_nvml=StallingGpu)
         await mon.run()
-        ticks = 0
-        while not entered.is_set():  # the loop keeps running while the sampler's thread waits
-            ticks += 1
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.35)  # the stall outlasts three ticks
+        # the loop keeps running (this wait polls on it) while the sampler's thread waits
+        await wait_for_async(entered.is_set, 30, "the second sample to hang")
+        # The stall's own length, not a wait for something to happen: the "driver" hangs for
+        # longer than three ticks, so that three ticks are missed (counted when it returns).
+        await asyncio.sleep(0.35)
         release.set()
-        while mon.samples < 3:
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: mon.samples >= 3, 30, "three samples")
         entered.clear()
         StallingGpu.calls = 1  # hang again, and exit while it hangs
-        while not entered.is_set():
-            await asyncio.sleep(0.01)
+        await wait_for_async(entered.is_set, 30, "the sample to hang again")
         t0 = time.monotonic()
         await mon.close()
         assert time.monotonic() - t0 < 10, "close() does not wait for a stuck NVML call"

@@ -9,7 +9,7 @@ import zstandard
 from hypothesis import strategies as st
 
 from runstream.format import record as rec
-from runstream_ingest.sidecar.journal import CODEC_NONE, CODEC_ZSTD, TYPE_BATCH, encode_frame
+from runstream.format.frame import CODEC_NONE, CODEC_ZSTD, TYPE_BATCH, encode_frame
 
 _ZSTD = zstandard.ZstdCompressor(level=1)
 

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import psutil
 
 from runstream import ring
-from runstream.ring import W_SIDECAR_PID, RingMap
+from runstream.format.ring_layout import W_SIDECAR_PID, RingMap
 
 SIDECAR_MODULE = "runstream_ingest.sidecar.main"
 

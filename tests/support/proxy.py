@@ -5,6 +5,7 @@ is not available here, and needs root besides).
     port = proxy.start()                         # clients connect here
     proxy.set_delay(0.05)   # every chunk, each way, is forwarded 50 ms after it was read
     proxy.stall()           # stop forwarding; connections stay open, new ones are accepted and held
+    proxy.held("up")        # bytes read from one side and not yet forwarded (e.g. held by a stall)
     proxy.cut()             # close every connection (FIN) and refuse new ones (ECONNREFUSED)
     proxy.reset()           # the same with RST (SO_LINGER 0) on both sides of every connection
     proxy.restore()         # forward again (a delay stays as set)
@@ -80,6 +81,7 @@ class Proxy:
         self.mode = "new"
         self.accepted = 0
         self.forwarded = {"up": 0, "down": 0}  # bytes delivered each way
+        self.received = {"up": 0, "down": 0}  # bytes read each way (from the client: "up")
         self._delay = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -116,6 +118,11 @@ class Proxy:
 
     def restore(self) -> None:
         self._call(self._set("forwarding"))
+
+    def held(self, way: str) -> int:
+        """Bytes read going ``way`` and not forwarded (yet): what a stall holds back, so a test can
+        see that a sender did write to the stalled path.  Bytes a cut or reset dropped count too."""
+        return self.received[way] - self.forwarded[way]
 
     @property
     def connections(self) -> int:
@@ -204,13 +211,14 @@ class Proxy:
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, way: str, pipe: Pipe) -> None:
         """Read from ``src`` into a bounded queue; ``_send`` forwards it when due.  Ends at EOF
         (passed on as a half-close) or at an error (passed on as a reset of the whole pipe)."""
-        assert self._flowing is not None
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
         sender = asyncio.create_task(self._send(queue, dst, way, pipe))
         try:
             while True:
-                await self._flowing.wait()
+                # Read on while stalled (``_send`` holds what was read), as a stalled network
+                # still takes bytes into its buffers: the queue's bound then pushes back.
                 data = await src.read(CHUNK)
+                self.received[way] += len(data)
                 await queue.put((time.monotonic() + self._delay, data))
                 if not data:
                     break

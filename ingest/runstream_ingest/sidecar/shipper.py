@@ -163,7 +163,12 @@ class Shipper:
         self.url = url
         self.api_key = api_key
         self.on_acked = on_acked
-        self.acked = int(read_marker(run_dir).get("acked_seq", 0))
+        # What upload.json says was acked, for people and progress lines only: ``acked`` counts
+        # from what a server has said in this shipper's life (its Opened, then its acks), since a
+        # marker may come from another server or one whose data dir was replaced.
+        self.marker_acked = int(read_marker(run_dir).get("acked_seq", 0))
+        self.opened_acked: int | None = None  # the server's acked_seq at the first Open
+        self.acked = 0
         self.tail = JournalTail(run_dir / "journal", self.acked)
         self.fatal: str | None = None
         self.connected = False
@@ -173,7 +178,7 @@ class Shipper:
         self._wake = asyncio.Event()
         self._acked_event = asyncio.Event()
         self._marker_written = 0.0
-        self._marker_seq = self.acked
+        self._marker_seq = self.marker_acked
 
     def wake(self) -> None:
         self._wake.set()
@@ -220,6 +225,10 @@ class Shipper:
                     log.error("the server refused run %s: %s", self.identity.run_id, self.fatal)
                     return
                 log.info("stream to %s ended: %s %s", self.url, e.code().name, e.details())
+            except asyncio.InvalidStateError as e:
+                # grpc's call.write on a call that has just ended (a cut between two writes): the
+                # stream is over, like any other end of it; the next session resumes from the acks.
+                log.info("stream to %s ended during a write: %s", self.url, e)
             except (OSError, ValueError, KeyError) as e:
                 log.info("server %s not reachable: %s", self.url, e)
             self.connected = False
@@ -263,13 +272,34 @@ class Shipper:
                 raise ValueError("the server did not answer Open")
             self.connected = True
             self.last_step = first.opened.last_step
-            self._record_ack(first.opened.acked_seq)
+            self._resume_from(first.opened.acked_seq)
             self.tail.reset(self.acked)
             reader = asyncio.create_task(self._read_acks(call))
             try:
                 await self._send(call, reader)
             finally:
                 reader.cancel()
+
+    def _resume_from(self, server_acked: int) -> None:
+        """The server's ``Opened.acked_seq`` is the authority on what it holds, above upload.json:
+        a marker left by another server (or one whose data dir was replaced) may claim more, and
+        trusting it would report records acked that this server never got."""
+        claimed = self.acked if self.opened_acked is not None else max(self.acked, self.marker_acked)
+        if self.opened_acked is None:
+            self.opened_acked = server_acked
+        if server_acked >= claimed:
+            self._record_ack(server_acked)
+            return
+        log.warning(
+            "server %s holds writer %s only up to seq %d, not %d: sending the rest again",
+            self.url,
+            self.identity.writer_id,
+            server_acked,
+            claimed,
+        )
+        self.acked = server_acked
+        self._marker_seq = -1  # the marker claims more: rewrite it with the server's figure
+        self.save_marker()
 
     async def _read_acks(self, call: Any) -> None:
         while True:
@@ -318,9 +348,11 @@ class Shipper:
                     asyncio.ensure_future(self._wake.wait()),
                     asyncio.ensure_future(self._acked_event.wait()),
                 ]
-                await asyncio.wait([*waits, reader], timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
+                try:
+                    await asyncio.wait([*waits, reader], timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when this task is cancelled: leave no waiter pending on the loop
+                    for w in waits:
+                        w.cancel()
 
     async def wait_acked(self, seq: int, timeout: float) -> bool:
         """Wait until everything up to ``seq`` is acked (True) or ``timeout`` passes."""

@@ -61,7 +61,6 @@ async def sync_one(
     ident = Identity(meta["entity"], meta["project"], meta["id"], writer_id, resume)
     last_seq, total = journal_extent(writer_dir)
     shipper = Shipper(writer_dir, ident, url, api_key)
-    start_acked = shipper.acked
     task = asyncio.create_task(shipper.run())
     t0 = time.monotonic()
     last_contact = t0
@@ -85,7 +84,7 @@ async def sync_one(
             rate = sent / max(now - t0, 1e-6)
             left = max(total - sent, 0)
             eta = f"{left / rate:5.1f}s" if rate > 0 else "  ?  "
-            done_records = shipper.acked - start_acked
+            done_records = shipper.acked - (shipper.opened_acked or 0) if shipper.connected else 0
             line = (
                 f"{path} {_bar(shipper.acked, last_seq)} {sent / 1e6:7.2f}/{total / 1e6:.2f} MB "
                 f"{done_records} records {rate / 1e6:6.2f} MB/s ETA {eta}"
@@ -94,7 +93,8 @@ async def sync_one(
         if shipper.fatal is not None:
             return 1, f"{path}: the server refused the upload: {shipper.fatal}"
         shipper.save_marker()
-        return 0, f"{path}: {last_seq - start_acked} records uploaded ({last_seq} acknowledged in all)"
+        uploaded = last_seq - (shipper.opened_acked or 0)
+        return 0, f"{path}: {uploaded} records uploaded ({last_seq} acknowledged in all)"
     finally:
         task.cancel()
         try:
