@@ -6,9 +6,14 @@
             run.log({"loss": 1 / (step + 1)})
 
 The API follows W&B's (``init``, ``log``, ``config``, ``summary``, ``finish``), so a W&B script
-runs after changing its import line.  A record's path from ``log`` to disk, one module per stage:
-``run`` (log) -> ``ring`` (shared memory) -> ``runstream_ingest.sidecar.ring_reader`` -> ``.batcher`` ->
-``.journal`` (crash-safe, fsync'd), all driven by ``runstream_ingest.sidecar.main``.
+runs after changing its import line.
+
+A record's path from ``log`` to the database, one module per stage (README, "How a record
+travels"): in this process ``run`` (``Run.log``) -> ``ring`` (shared memory); in the sidecar
+``runstream_ingest.sidecar``: ``ring_reader`` -> ``batcher`` -> ``journal`` (crash-safe, fsync'd)
+-> ``shipper`` (gRPC); on the server ``runstream_ingest.server``: ``ingest_service`` -> ``decode``
+-> ``commit`` -> ``storage``.  What all three share (record, ring layout, journal frame, the fold)
+is in ``runstream.format``; importing this package loads no sidecar or server code.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ format, and its document in ``docs/`` is the reference (grammar, byte diagram, w
     console_lines.py console bytes into stored lines              docs/console.md
     api_key.py       the API-key format, checkable offline        docs/auth.md
     atomic.py        durable small-file writes (temp, fsync, rename, fsync dir)
-    fs.py            the file-system seam the journal runs on, and its durable idioms
+    fs.py            the file-system seam the journal is written and read through (tests fail it)
 
 Who imports it: the SDK (``runstream``), the sidecar (``runstream_ingest.sidecar``) and the server
 (``runstream_ingest.server``).  It imports nothing of them (tests/test_layering.py holds this).
