@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from tests.support.server import ServerProc, start_server
+from tests.support.shipping import LoopThread
 
 ENV_PREFIXES = ("RUNSTREAM_", "WANDB_")
 
@@ -60,3 +61,13 @@ def server(tmp_path: Path) -> Iterator[ServerProc]:
     srv = start_server(tmp_path / "server")
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    """An event loop in a thread for shippers (tests.support.shipping), closed after the test."""
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.close()

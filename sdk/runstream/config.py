@@ -8,7 +8,13 @@ the changed keys; the SDK turns that into a CONFIG record.
 Values are stored in a plain, JSON-like form (str, int, float, bool, None, list, and dicts with str
 keys) because they are written to the journal and to ``config.yaml``: numpy scalars and other
 objects with ``.item()`` become Python numbers, arrays become lists, tuples become lists, and
-anything else becomes ``str(obj)`` -- what W&B does too.
+anything else becomes ``str(obj)`` -- what W&B does too.  An int beyond 64 bits, which the journal
+(msgpack) cannot hold, is kept as its decimal string.
+
+Limits, checked when a value is set (``init``'s ``config`` before the run is created): dicts and
+lists nest at most ``MAX_DEPTH`` (64) levels and never contain themselves (:class:`ConfigError`,
+naming the key path); a value whose ``str()`` raises is a ``TypeError`` naming it.  A rejected
+value changes nothing.
 
 Thread safety: none.  A Config is meant to be used from one thread at a time (the user's); the
 SDK only reads what ``emit`` hands it.
@@ -27,8 +33,11 @@ from typing import Any
 import yaml
 
 from runstream.errors import ConfigError, UsageError
+from runstream.format.record import MAX_DEPTH, show_key
 
 Emit = Callable[[dict[str, Any]], None]
+
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1  # what msgpack can hold
 
 # Top-level keys W&B writes into its own config files; they describe W&B, not the experiment.
 _WANDB_FILE_KEYS = frozenset({"wandb_version", "_wandb"})
@@ -74,9 +83,7 @@ class Config:
         delta: dict[str, Any] = {}
         conflicts: list[str] = []
         for key, raw in d.items():
-            if not isinstance(key, str):
-                raise TypeError(f"config keys must be str, got {type(key).__name__} key {key!r}")
-            value = to_plain(raw)
+            value = to_plain(raw, _top_key(key))
             if key in self._items:
                 old = self._items[key]
                 if only_missing or _same(old, value):
@@ -143,19 +150,53 @@ class Config:
 
 
 # --- values -----------------------------------------------------------------------------------
-def to_plain(value: Any) -> Any:
-    """``value`` in the plain, JSON-like form a Config stores (see the module docstring)."""
-    if value is None or type(value) in (str, int, float, bool):
+def plain_config(d: Mapping[Any, Any]) -> dict[str, Any]:
+    """``d`` as a Config would store it, checked: what ``init`` runs on its ``config`` before it
+    creates anything, so a value that cannot be stored fails ``init`` itself, naming its key."""
+    return {_top_key(key): to_plain(raw, key) for key, raw in d.items()}
+
+
+def _top_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"config keys must be str, got {type(key).__name__} key {show_key(key)}")
+    return key
+
+
+def to_plain(value: Any, path: str = "", _above: tuple[int, ...] = ()) -> Any:
+    """``value`` in the plain, JSON-like form a Config stores (see the module docstring).
+
+    ``path`` is the key path of ``value`` (``"model/layers"``), used in error messages.  Raises
+    :class:`ConfigError` (a ``ValueError``) when dicts and lists nest more than ``MAX_DEPTH``
+    deep or a value contains itself, and ``TypeError`` when a value's ``str`` fails; recursion
+    stops at ``MAX_DEPTH``, so no input raises ``RecursionError``.
+    """
+    if value is None or type(value) in (str, float, bool):
         return value
+    if type(value) is int:
+        # msgpack (the journal) holds 64-bit integers; a larger one is kept as its digits, as
+        # other values it cannot hold are kept as their str.
+        return value if _INT_MIN <= value <= _INT_MAX else str(value)
     # Subclasses (IntEnum, StrEnum, numpy.float64 is a float) are reduced to the builtin type.
     for base in (bool, int, float, str):
         if isinstance(value, base):
-            return base(value)
-    if isinstance(value, Mapping):
-        # Nested keys become str, as JSON would make them, so every store of the config agrees.
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
+            return to_plain(base(value), path, _above)
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in _above:
+            raise ConfigError(f"config value {_show(path)} contains itself, which cannot be stored")
+        if len(_above) >= MAX_DEPTH:
+            raise ConfigError(
+                f"config value {_show(path)} is nested more than {MAX_DEPTH} dicts/lists deep; "
+                f"at most {MAX_DEPTH} levels can be stored (flatten it, or store it as a string)"
+            )
+        above = (*_above, id(value))
+        if isinstance(value, Mapping):
+            # Nested keys become str, as JSON would make them, so every store of the config agrees.
+            out = {}
+            for k, v in value.items():
+                key = _plain_str(k, path)
+                out[key] = to_plain(v, f"{path}/{key}" if path else key, above)
+            return out
+        return [to_plain(v, f"{path}/{i}" if path else str(i), above) for i, v in enumerate(value)]
     # numpy/torch: arrays (ndim > 0) via tolist(), scalars and 0-d tensors via item().
     method = "tolist" if getattr(value, "ndim", 0) else "item"
     convert = getattr(value, method, None)
@@ -166,8 +207,25 @@ def to_plain(value: Any) -> Any:
             pass
         else:
             if converted is not value:
-                return to_plain(converted)
-    return str(value)
+                return to_plain(converted, path, _above)
+    return _plain_str(value, path)
+
+
+def _plain_str(value: Any, path: str) -> str:
+    """``str(value)``; a user object whose ``__str__`` raises is a ``TypeError`` naming where it is."""
+    if type(value) is str:
+        return value
+    try:
+        return str(value)
+    except Exception as e:
+        raise TypeError(
+            f"config value {_show(path)} is a {type(value).__name__} whose str() raised "
+            f"{type(e).__name__}: {e}; config values are stored as str when they are not plain data"
+        ) from None
+
+
+def _show(path: str) -> str:
+    return show_key(path or "<top level>", 120)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -242,6 +300,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    except RecursionError:  # the YAML parser recurses once per level
+        raise ConfigError(f"config file {str(path)!r} nests values too deeply to read") from None
     if data is None:  # an empty file (or only comments) is an empty config
         return {}
     if not isinstance(data, dict):

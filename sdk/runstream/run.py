@@ -45,16 +45,28 @@ _ROW = rec.KIND_ROW  # a global lookup, not an attribute lookup, on the hot path
 # ormsgpack writes the same bytes as msgpack.Packer(default=item_default, use_bin_type=True)
 # (tests/format/test_records.py checks it) at 2-3x the speed.  Positional arguments: keywords cost ~40 ns.
 _packb, _default, _PACK_OPT = ormsgpack.packb, rec.item_default, ormsgpack.OPT_NON_STR_KEYS
+_NATIVE, _too_deep, _MAX_DEPTH = _ring.NATIVE, rec.nested_too_deep, rec.MAX_DEPTH
 
 
-def bad_value_error(data: Mapping[Any, Any], where: str = "log") -> TypeError:
+def bad_value_error(data: Mapping[Any, Any], where: str = "log") -> TypeError | ValueError:
     """Find the value msgpack refused and name its key and type (the slow path of an error)."""
+    data = dict(data)
+    try:
+        # First what would make the walk below recurse without end (nesting past MAX_DEPTH, a
+        # value containing itself) and keys no reader can use.
+        rec.check_nesting(data, where)
+    except (TypeError, ValueError) as e:
+        return e
     for key, value in flatten(dict(data)).items():
         try:
             rec.pack_body(value)
         except (TypeError, ValueError, OverflowError) as e:
             kind = type(value).__name__
-            why = "an integer too large for 64 bits" if isinstance(e, OverflowError) else f"type {kind}"
+            # msgpack reports a too-large int as OverflowError or (through ``default``) TypeError
+            big = isinstance(e, OverflowError) or (
+                isinstance(value, int) and not -(1 << 63) <= value < 1 << 64
+            )
+            why = "an integer too large for 64 bits" if big else f"type {kind}"
             return TypeError(
                 f"runstream.{where}: the value for key {key!r} has {why}, which cannot be logged; "
                 "log int, float, bool, str, None, numpy scalars or 0-d arrays, scalar tensors "
@@ -120,6 +132,10 @@ class Summary:
         return f"Summary({self._view()!r})"
 
     def update(self, d: Mapping[str, Any]) -> None:
+        """Pin the keys of ``d`` (nested dicts as ``a/b`` keys).  A value ``log`` would refuse
+        (too deep, containing itself, not serialisable, a key that is not a str or number) raises
+        ``TypeError``/``ValueError`` naming its key path, and nothing of ``d`` is pinned."""
+        rec.check_nesting(dict(d), "summary")  # before flatten, which recurses
         flat = flatten(dict(d))
         try:
             rec.pack_body(flat)
@@ -258,8 +274,10 @@ class Run(_RunBase):
 
     @notes.setter
     def notes(self, value: str | None) -> None:
-        self._notes = value
-        self._emit(rec.KIND_RUN, {"notes": value})
+        # A str as for ``name``: the server keeps notes in a text column, and a dict there (which
+        # the record would carry as it is) is not something every reader can show or store.
+        self._notes = None if value is None else str(value)
+        self._emit(rec.KIND_RUN, {"notes": self._notes})
 
     @property
     def path(self) -> str:
@@ -323,16 +341,25 @@ class Run(_RunBase):
                 ``None`` is W&B's default (commit unless ``step`` is given).
             sync: Accepted for compatibility with W&B, where it is deprecated; ignored.
 
+        Limits: dicts and lists inside ``data`` may nest at most 64 levels deep
+        (``runstream.format.record.MAX_DEPTH``) and must not contain themselves; keys are
+        ``str`` (numbers are accepted and read back as ``str``).  Only the rows the C fast
+        path declines (nested or unusual values) pay for the check; a flat row of scalars
+        does not.  The pure-Python build checks depth only for rows that fail to pack
+        (ormsgpack refuses nesting past 254 levels).
+
         Raises:
             TypeError: ``data`` is not a mapping, a value cannot be serialised (the message
-                names its key and type; an int beyond 64 bits is one), or ``step`` is not an
-                integer.  Nothing of the call is logged.
+                names its key and type; an int beyond 64 bits is one), a key is neither a
+                ``str`` nor a number (a tuple, say: the message names its key path), or
+                ``step`` is not an integer.  Nothing of the call is logged.
             RecordTooLargeError: The serialised row is larger than one record may be (half the
                 ring, and at most 8 MiB).  A pending row is only measured when it is committed,
                 so this may come from the later call (or ``finish``) that commits it, and that
                 row is then lost.
             ValueError: ``step`` is behind the current step and ``step_regression`` is
-                ``"raise"``.
+                ``"raise"``; or a value nests deeper than 64 levels or contains itself (the
+                message names the key path).  Nothing of the call is logged.
             UsageError: The run is finished.
 
         Back-pressure:
@@ -347,14 +374,33 @@ class Run(_RunBase):
         """
         if step is None and commit is None and self._pending is None and type(data) is dict:
             try:
-                body = _packb(data, _default, _PACK_OPT)
+                # Without OPT_NON_STR_KEYS: a row of str keys (nearly all) packs at full speed, and
+                # any other key takes the checked path below, which refuses keys no reader can use.
+                body = _packb(data, _default)
             except (TypeError, ValueError, OverflowError):
-                raise bad_value_error(data) from None
+                body = self._pack_unusual(data)
+            else:
+                # Only rows the C fast path declined (nested or unusual values) get here, so the
+                # check costs no plain row anything; packed, the row has str keys and no cycle, so
+                # depth is all that is left to check.  The pure-Python build skips it for rows
+                # that pack: ormsgpack itself refuses nesting past 254 levels.  Each level costs
+                # the body at least a byte, so a short body cannot be too deep.
+                if _NATIVE and len(body) > _MAX_DEPTH and _too_deep(data):
+                    rec.check_nesting(data, "log")  # raises, naming the key path
             self._push(_ROW, self._step, _time(), body)
             self._last_body = body
             self._step += 1
             return
         self._log_slow(data, step, commit)
+
+    def _pack_unusual(self, data: dict[Any, Any]) -> bytes:
+        """A row that did not pack with str keys: checked, then packed with other keys allowed
+        (numbers, read back as str), or the error that names the bad key or value."""
+        rec.check_nesting(data, "log")
+        try:
+            return _packb(data, _default, _PACK_OPT)
+        except (TypeError, ValueError, OverflowError):
+            raise bad_value_error(data) from None
 
     _log_py = log  # the C ``log`` calls this for what it does not take itself
     if not TYPE_CHECKING and _ring.NATIVE:
@@ -365,6 +411,7 @@ class Run(_RunBase):
             raise UsageError(f"run {self._id} is finished; call runstream.init() to start another run")
         if not isinstance(data, Mapping):
             raise TypeError(f"runstream.log takes a dict of metrics, not {type(data).__name__}")
+        rec.check_nesting(dict(data), "log")  # before _merge's flatten, which recurses
         try:
             _packb(dict(data), _default, _PACK_OPT)
         except (TypeError, ValueError, OverflowError):

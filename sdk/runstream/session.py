@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runstream.config import Config, load_config
+from runstream.config import Config, load_config, plain_config
 from runstream.disabled import DisabledRun
 from runstream.errors import UsageError
 from runstream.format import record as rec
@@ -33,12 +33,17 @@ from runstream.format.atomic import write_json_atomic
 from runstream.format.ring_layout import (
     W_ACKED_SEQ,
     W_DROPPED,
-    W_JOURNALED,
+    W_DROPPED_BYTES,
+    W_EXIT,
+    W_FIRST_SEQ,
     W_JOURNALED_SEQ,
+    W_OVERFLOW_PEAK,
     W_SIDECAR_LOST,
+    W_SKIPPED_BYTES,
     W_STEP_REGRESSIONS,
     W_SYNCED_SEQ,
     RingMap,
+    exit_word,
 )
 from runstream.names import new_run_id, new_run_name, validate_run_id
 from runstream.read.local import replay
@@ -46,7 +51,7 @@ from runstream.ring import RingWriter, default_ring_path
 from runstream.run import Run
 from runstream.rundir import create_run_dir, find_run_dirs, update_latest_link
 from runstream.settings import Settings, resolve_settings
-from runstream.supervisor import SidecarSupervisor
+from runstream.supervisor import SidecarSupervisor, final_write_timeout
 
 RESUME_CHECK_TIMEOUT = 30.0
 RESUME_PEEK_TIMEOUT = 5.0
@@ -229,9 +234,13 @@ def init(
 
     Raises:
         TypeError: An unknown keyword argument (the message names it); a ``config`` of a type
-            that cannot be read, or with a key that is not a string.
+            that cannot be read, with a key that is not a string, or with a value whose
+            ``str()`` raises (the message names its key path).
         SettingsError: A setting has a bad value, or ``settings`` has an unknown key.
-        ConfigError: The ``config`` YAML file is missing, unreadable or not a mapping.
+        ConfigError: The ``config`` YAML file is missing, unreadable or not a mapping; or a
+            ``config`` value nests dicts/lists more than 64 levels deep or contains itself (the
+            message names its key path).  Checked before anything is created: no run directory
+            or sidecar is left behind.
         UsageError: A ``resume`` value or rule is broken (``"must"`` and no such run,
             ``"never"`` and it exists, ``"must"``/``"never"`` without ``id``), ``id`` is not a
             valid run id, both ``config_include_keys`` and ``config_exclude_keys`` are given,
@@ -280,7 +289,9 @@ def init(
             mode=mode, dir=dir, project=project, entity=entity, run_id=id, name=name, tags=tags,
             notes=notes, group=group, job_type=job_type, settings=settings,
         )  # fmt: skip
-        cfg_dict = load_config(config, config_include_keys, config_exclude_keys)
+        # Checked (and made plain) before anything is created: a value no run could store fails
+        # here, naming its key, instead of leaving a run directory and a sidecar behind.
+        cfg_dict = plain_config(load_config(config, config_include_keys, config_exclude_keys))
         if s.mode == "disabled":
             run = DisabledRun(s, cfg_dict)
             _publish(run)
@@ -607,16 +618,29 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         run._commit_pending()
         writer = run._writer
         deadline = time.monotonic() + s.finish_timeout
+        # The overflow waits for room in the ring only until the sidecar's share of the timeout
+        # begins: a sidecar stuck on a full disk must still have the time to give up on it and
+        # count the loss (final_write_timeout, and half as much again to exit) before finish
+        # stops waiting for it.
+        close_by = deadline - 1.5 * final_write_timeout(s.finish_timeout)
         cap = getattr(run, "_console", None)
         if cap is not None:  # its last lines go in before the exit record and the ring's close
-            while not writer.drain_overflow() and time.monotonic() < deadline:
+            while not writer.drain_overflow() and time.monotonic() < close_by:
                 time.sleep(0.001)  # room for them, after a sidecar that fell behind
             cap.teardown()
         code = 0 if exit_code is None else int(exit_code)
+        w = run._ring.words  # type: ignore[attr-defined]
+        dropped_before = int(w[W_DROPPED])
         run._emit(rec.KIND_EXIT, {"exit_code": code, "state": "finished" if code == 0 else "failed"})
-        while not writer.drain_overflow() and time.monotonic() < deadline:
+        exit_out = int(w[W_DROPPED]) == dropped_before  # not dropped for want of room
+        while not writer.drain_overflow() and time.monotonic() < close_by:
             time.sleep(0.001)
+        exit_out = exit_out and not writer.overflow_bytes  # the exit record is the last one queued
         writer.abandon_overflow()  # what finish_timeout could not move is counted as dropped
+        w[W_EXIT] = exit_word(code)
+        if not exit_out:
+            # The exit record goes through W_EXIT instead (the sidecar writes it): not a loss.
+            w[W_DROPPED] = w[W_DROPPED] - 1
         writer.close()
         run._finished = True
         # A pending row sends every later log() down the slow path (the fast one, in Python or C,
@@ -628,26 +652,46 @@ def finish_run(run: Run, exit_code: int | None) -> None:
             cap.close()  # no sidecar will read the console pipes again
         ring: RingMap = run._ring  # type: ignore[attr-defined]
         w = ring.words
-        journaled, synced = int(w[W_JOURNALED]), int(w[W_SYNCED_SEQ])
+        synced = int(w[W_SYNCED_SEQ])
         written, acked = int(w[W_JOURNALED_SEQ]), int(w[W_ACKED_SEQ])
-        dropped = int(w[W_DROPPED]) + int(w[W_STEP_REGRESSIONS]) + int(w[W_SIDECAR_LOST])
+        journaled, lost, unjournaled = _finish_figures(w, writer.last_seq, sidecar_code)
+        if not exit_out and sidecar_code == 0:
+            journaled += 1  # the exit record, which the sidecar wrote from W_EXIT
+        last_words = False
+        if sidecar_code not in (0, None):
+            # No sidecar could run: the exit record, if it is among what the ring still holds,
+            # is kept by writing it again; the rest of that is lost, and counted in the journal.
+            exit_unjournaled = exit_out and unjournaled > 0
+            last_words = _write_last_words(
+                run._dir, w, writer.last_seq + 1, code, unjournaled - exit_unjournaled
+            )
+            if last_words and (exit_unjournaled or not exit_out):
+                journaled += 1
+                lost -= exit_unjournaled
+                unjournaled -= exit_unjournaled
         if _active is run:
             _unpublish()
         ring.close()
-        if sidecar_code == 0:
+        if sidecar_code == 0 or last_words:  # nothing in it is still to be journaled
             try:
                 os.unlink(ring.path)
             except FileNotFoundError:
                 pass
     rows = run._step
     msg = f"run {run.name} ({run.id}) {'finished' if code == 0 else f'failed (exit code {code})'}: "
-    msg += f"{rows} steps, {journaled} records journaled in {run.dir}"
-    if dropped:
-        msg += f"; {dropped} records dropped (see runstream inspect)"
-    if sidecar_code != 0:
+    msg += f"{rows} steps, {journaled} records journaled in {run.dir}, {lost} lost"
+    if lost:
+        msg += " (see runstream inspect)"
+    if sidecar_code is None:
         msg += (
             f"; the sidecar was still writing at the {s.finish_timeout:.0f}s finish timeout "
             f"(synced up to seq {synced}); it finishes in the background"
+        )
+    elif sidecar_code != 0:
+        msg += (
+            f"; no sidecar could run to journal the last {unjournaled} records (counted as lost"
+            + ("" if last_words else ", in this line only: the journal could not be written")
+            + f"; the sidecar exited with code {sidecar_code}, see {Path(run.dir) / 'logs'})"
         )
     online = getattr(run, "_online", None)
     unsent = online is not None and acked < written
@@ -656,10 +700,89 @@ def finish_run(run: Run, exit_code: int | None) -> None:
             f"; the server has {acked} of {written} records. Upload the rest with:\n"
             f"    runstream sync {run.dir}"
         )
-    if dropped or sidecar_code != 0 or unsent:
+    if lost or sidecar_code != 0 or unsent:
         print(f"runstream: warning: {msg}", file=sys.stderr)  # shown even when silent
     else:
         say(s, msg)
+
+
+def _finish_figures(w: memoryview, last_seq: int, sidecar_code: int | None) -> tuple[int, int, int]:
+    """The finish line's figures from the ring's words: records journaled, records lost (every
+    loss counter, docs/ring-format.md), and of those the records no sidecar took from the ring.
+
+    Every record the producer published (seqs ``W_FIRST_SEQ..last_seq``) is journaled unless a
+    sidecar counted it lost (``W_SIDECAR_LOST``); a sidecar that exited 0 accounted for all of
+    them.  If the last one died instead, the records after the journal's highest seq
+    (``W_JOURNALED_SEQ``) never reached the journal; if it is still running, they are on their
+    way (not counted as lost, and the line says the sidecar is still writing)."""
+    first = int(w[W_FIRST_SEQ]) or 1
+    published = max(last_seq - first + 1, 0)
+    through = min(int(w[W_JOURNALED_SEQ]), last_seq)
+    unjournaled = 0 if sidecar_code == 0 else max(last_seq - max(through, first - 1), 0)
+    sidecar_lost = int(w[W_SIDECAR_LOST])
+    journaled = max(published - sidecar_lost - unjournaled, 0)
+    lost = int(w[W_DROPPED]) + int(w[W_STEP_REGRESSIONS]) + sidecar_lost
+    if sidecar_code is not None:
+        lost += unjournaled
+    return journaled, lost, unjournaled
+
+
+def _write_last_words(run_dir: Path, w: memoryview, seq: int, code: int, unjournaled: int) -> bool:
+    """No sidecar could run at finish: write what one writes at exit, the loss counters (with the
+    ``unjournaled`` records counted in ``sidecar_lost_records``) and the exit record, as one frame
+    in a segment of its own, so that inspect and the summary show the loss too.  Under the
+    sidecar's lock (no late sidecar writes beside it); the seqs follow the producer's last, which
+    the journal never got.  True when it is on disk."""
+    import fcntl
+
+    from runstream.format.frame import CODEC_NONE, TYPE_BATCH, encode_frame, parse_segment_name, segment_name
+
+    try:
+        lock = os.open(run_dir / "sidecar.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a sidecar is alive after all: the words are its to write
+        journal = run_dir / "journal"
+        journal.mkdir(exist_ok=True)
+        indexes = [i for n in os.listdir(journal) if (i := parse_segment_name(n)) is not None]
+        sidecar_lost = int(w[W_SIDECAR_LOST]) + unjournaled
+        stats = {
+            "dropped_records": int(w[W_DROPPED]),
+            "dropped_bytes": int(w[W_DROPPED_BYTES]),
+            "overflow_peak_bytes": int(w[W_OVERFLOW_PEAK]),
+            "step_regressions": int(w[W_STEP_REGRESSIONS]),
+            "ring_skipped_bytes": int(w[W_SKIPPED_BYTES]),
+            "sidecar_lost_records": sidecar_lost,
+        }
+        now = time.time()
+        ended = {"exit_code": code, "state": "finished" if code == 0 else "failed"}
+        data = rec.encode(seq, rec.KIND_STATS, 0, now, rec.pack_body(stats), rec.FLAG_SIDECAR)
+        data += rec.encode(seq + 1, rec.KIND_EXIT, 0, now, rec.pack_body(ended), rec.FLAG_SIDECAR)
+        frame = encode_frame(TYPE_BATCH, CODEC_NONE, seq, seq + 1, data)
+        path = journal / segment_name(max(indexes, default=0) + 1)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dfd = os.open(journal, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        w[W_SIDECAR_LOST] = sidecar_lost
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(lock)
 
 
 def finish(exit_code: int | None = None, quiet: bool | None = None) -> None:

@@ -1,11 +1,20 @@
-"""Starts the sidecar process and starts it again if it dies while the run is live.
+"""Starts the sidecar process and starts it again, for as long as the run is live, if it dies.
 
 The training process never waits on the sidecar: ``log`` only writes the ring.  This module's
 thread polls the child every ``POLL`` seconds, so a sidecar killed mid-run is replaced within
 about that long, on the same ring and journal; the new one skips what the journal already has.
 
+It never gives up while the training process lives: records wait in the ring (and are counted
+when it overflows), and only a sidecar can move them to the journal, so a supervisor that stopped
+restarting would turn every later record into an uncounted loss.  A sidecar that keeps dying is
+restarted after a growing delay instead (``BACKOFF_FIRST`` doubling up to ``max_backoff``, reset
+once one stays up ``STABLE_AFTER`` seconds), so a sidecar that cannot start does not spin a core.
+After ``UNRELIABLE_AFTER`` deaths in a row, ``on_give_up`` tells the console capture not to wait
+for a reader (prints must never block), while the restarts go on.
+
 Concurrency contract: ``start``/``stop`` are called by the thread running ``init``/``finish``; the
-watchdog thread is the only other user, and the two share ``_proc`` under ``_lock``.
+watchdog thread is the only other user, and the two share ``_proc`` and the restart state under
+``_lock``.
 """
 
 from __future__ import annotations
@@ -23,7 +32,28 @@ from pathlib import Path
 from runstream.settings import Settings
 
 POLL = 0.25
-MAX_RESTARTS = 20
+BACKOFF_FIRST = 0.25  # the delay before the second restart in a row (the first is at once)
+MAX_BACKOFF = 4.0  # the delay's cap; RUNSTREAM_SIDECAR_MAX_BACKOFF overrides it (docs/run-dir.md)
+STABLE_AFTER = 10.0  # a sidecar that lived this long resets the delay
+UNRELIABLE_AFTER = 5  # deaths in a row after which the console stops waiting for a sidecar
+FINISH_DELAY = 0.5  # at finish, the longest wait before starting another sidecar
+FINISH_TRIES = 5  # at finish, sidecars that may die in a row before finish stops waiting
+
+
+def max_backoff() -> float:
+    """The restart delay's cap: ``RUNSTREAM_SIDECAR_MAX_BACKOFF`` seconds, else ``MAX_BACKOFF``."""
+    try:
+        return max(float(os.environ.get("RUNSTREAM_SIDECAR_MAX_BACKOFF", "")), 0.0)
+    except ValueError:
+        return MAX_BACKOFF
+
+
+def final_write_timeout(finish_timeout: float) -> float:
+    """How long a sidecar keeps retrying a full or failing disk once the run is over: 40 % of the
+    finish timeout (at most 30 s).  finish() closes the ring by 40 % of its timeout (``log``'s
+    overflow waits no longer), so the sidecar still exits, having counted what it lost, with a
+    fifth of the timeout to spare before finish() stops waiting for it."""
+    return max(min(finish_timeout * 0.4, 30.0), 0.1)
 
 
 class SidecarSupervisor:
@@ -39,14 +69,21 @@ class SidecarSupervisor:
         self.extra_args = extra_args or []
         # fds every sidecar inherits: the console pipes' read ends and the tee fds (console.py)
         self.pass_fds = tuple(pass_fds or ())
-        self.on_give_up: Callable[[], None] | None = None  # called once no sidecar will run again
+        # Called once sidecars have died UNRELIABLE_AFTER times in a row: whatever waits for a
+        # sidecar to read it (the console pipes) must stop waiting.  Restarts go on regardless.
+        self.on_give_up: Callable[[], None] | None = None
         self.extra_env = extra_env or {}
         self.ring_path = ring_path
         self.run_dir = run_dir
         self.settings = settings
-        self.restarts = 0
+        self.restarts = 0  # sidecars started after the first
+        self.failures = 0  # sidecars that died in a row (each lived under STABLE_AFTER seconds)
+        self.max_backoff = max_backoff()
         self.loop = "uvloop"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started = 0.0  # monotonic time the current sidecar was started
+        self._due: float | None = None  # when the dead sidecar's successor is to be started
+        self._gave_up = False
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,6 +103,8 @@ class SidecarSupervisor:
             "--fsync-interval", str(s.fsync_interval),
             "--memory", str(s.sidecar_memory),
             "--zstd-level", str(s.zstd_level),
+            # A disk that stays full at finish is given up on in time for finish to report it.
+            "--final-write-timeout", str(final_write_timeout(s.finish_timeout)),
             "--loop", self.loop,
             "--stats-interval", str(0.0 if s.disable_stats else s.stats_interval),
             *(["--disable-code"] if s.disable_code else []),
@@ -81,7 +120,7 @@ class SidecarSupervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         err = open(self.run_dir / "logs" / "sidecar.stderr", "ab")  # noqa: SIM115 - child owns it
         try:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -93,6 +132,8 @@ class SidecarSupervisor:
             )
         finally:
             err.close()
+        self._started = time.monotonic()
+        return proc
 
     def start(self) -> None:
         with self._lock:
@@ -105,6 +146,50 @@ class SidecarSupervisor:
         with self._lock:
             return self._proc.pid if self._proc else None
 
+    def backoff(self) -> float:
+        """The delay before the next restart: none after a sidecar that lived a while, then
+        ``BACKOFF_FIRST`` doubling per death in a row, up to ``max_backoff``."""
+        if self.failures <= 1:
+            return 0.0
+        return float(min(BACKOFF_FIRST * 2 ** (self.failures - 2), self.max_backoff))
+
+    def _died_locked(self, proc: subprocess.Popen[bytes], max_delay: float) -> None:
+        """Note the death of ``proc`` (the current sidecar) and when its successor is due."""
+        if self._due is not None:
+            return  # already noted
+        if time.monotonic() - self._started >= STABLE_AFTER:
+            self.failures = 0
+        self.failures += 1
+        if proc.returncode == -signal.SIGABRT:
+            self.loop = "asyncio"  # libuv aborts on some I/O errors; the stdlib loop doesn't
+        delay = min(self.backoff(), max_delay)
+        self._due = time.monotonic() + delay
+        if self.failures <= 3 or delay < self.max_backoff:
+            print(
+                f"runstream: warning: the sidecar exited (code {proc.returncode}); "
+                + ("starting a new one" if delay else "started a new one")
+                + (f" in {delay:.2f}s" if delay else "")
+                + " on the same ring and journal",
+                file=sys.stderr,
+            )
+        if self.failures >= UNRELIABLE_AFTER and not self._gave_up:
+            self._gave_up = True
+            print(
+                f"runstream: error: the sidecar keeps dying (exit {proc.returncode}, {self.failures} "
+                f"times in a row); still starting a new one every {self.max_backoff:.1f}s at most. "
+                f"Records wait in the ring until it fills (then they are counted as dropped); see "
+                f"{self.run_dir / 'logs'}",
+                file=sys.stderr,
+            )
+            if self.on_give_up is not None:
+                self.on_give_up()
+
+    def _restart_if_due_locked(self) -> None:
+        if self._due is not None and time.monotonic() >= self._due:
+            self._due = None
+            self.restarts += 1
+            self._proc = self._spawn()
+
     def _watch(self) -> None:
         while not self._stopping.wait(POLL):
             with self._lock:
@@ -113,34 +198,20 @@ class SidecarSupervisor:
                     continue
                 if proc.returncode == 0:
                     return  # it drained a closed ring, or outlived its producer: its job is done
-                if self.restarts >= MAX_RESTARTS:
-                    print(
-                        f"runstream: error: the sidecar keeps dying (exit {proc.returncode}); giving up "
-                        f"after {self.restarts} restarts. Records stay in the ring until it fills; see "
-                        f"{self.run_dir / 'logs'}",
-                        file=sys.stderr,
-                    )
-                    if self.on_give_up is not None:
-                        self.on_give_up()
-                    return
-                self.restarts += 1
-                if proc.returncode == -signal.SIGABRT:
-                    self.loop = "asyncio"  # libuv aborts on some I/O errors; the stdlib loop doesn't
-                print(
-                    f"runstream: warning: the sidecar exited (code {proc.returncode}); started a new one "
-                    "on the same ring and journal",
-                    file=sys.stderr,
-                )
-                self._proc = self._spawn()
+                self._died_locked(proc, self.max_backoff)
+                self._restart_if_due_locked()
 
     def stop(self, timeout: float) -> int | None:
         """Wait for the sidecar to drain and exit (the ring must be closed first).
 
-        Returns its exit code, or None if it is still running at the deadline (it goes on in the
-        background and finishes on its own)."""
+        A sidecar that dies meanwhile is replaced at once (after at most ``FINISH_DELAY``), as
+        long as the deadline allows and until ``FINISH_TRIES`` have died in a row here: records
+        still in the ring are kept only by a sidecar that drains them.
+
+        Returns the last sidecar's exit code (0: everything was drained), or None if it is still
+        running at the deadline (it goes on in the background and finishes on its own)."""
         deadline = time.monotonic() + timeout
-        # Keep the watchdog alive while waiting: a sidecar that dies during the final drain is
-        # restarted too, and the new one finishes the job.
+        died_here = 0
         while time.monotonic() < deadline:
             with self._lock:
                 proc = self._proc
@@ -150,10 +221,23 @@ class SidecarSupervisor:
                 code = proc.wait(timeout=min(0.05, max(deadline - time.monotonic(), 0.001)))
             except subprocess.TimeoutExpired:
                 continue
-            if code == 0 or self.restarts >= MAX_RESTARTS:
+            if code == 0:
                 self._stopping.set()
                 return code
-            time.sleep(POLL * 1.5)  # let the watchdog start its successor
+            with self._lock:
+                if self._proc is not proc:
+                    continue  # the watchdog already started its successor
+                died_here += 1
+                if died_here >= FINISH_TRIES:
+                    break  # it cannot run: finish counts what the ring still holds as lost
+                self._died_locked(proc, FINISH_DELAY)
+                due = self._due = min(self._due or 0.0, time.monotonic() + FINISH_DELAY)
+            if due > deadline:
+                break
+            time.sleep(max(due - time.monotonic(), 0.0))
+            with self._lock:
+                if self._proc is proc:
+                    self._restart_if_due_locked()
         self._stopping.set()
         with self._lock:
             proc = self._proc

@@ -27,12 +27,11 @@ conditions, never on guessed times.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -42,19 +41,18 @@ import pytest
 import runstream
 from runstream.format import record as rec
 from runstream.format.frame import CODEC_ZSTD, TYPE_BATCH, encode_frame
+from runstream.format.fs import OsFileSystem
+from runstream.format.journal_read import ScannedFrame, scan_segment
 from runstream_ingest.sidecar import shipper as shipper_mod
 from runstream_ingest.sidecar.batcher import Batcher, Compressor
 from runstream_ingest.sidecar.journal import JournalWriter
 from runstream_ingest.sidecar.ring_reader import Span
-from runstream_ingest.sidecar.shipper import UPLOAD_MARKER, Identity, Shipper
+from runstream_ingest.sidecar.shipper import UPLOAD_MARKER
 from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 from tests.support.proxy import Proxy
 from tests.support.server import ServerProc, start_server
+from tests.support.shipping import IDENT, PATH, WAIT_S, LoopThread
 from tests.support.waiting import wait_for
-
-IDENT = Identity("tests", "shipping", "run1", "writer1")
-PATH = f"{IDENT.entity}/{IDENT.project}/{IDENT.run_id}"
-WAIT_S = 30.0  # generous deadlines: the machine may be loaded; passing tests never wait them out
 
 
 # --- the journal ----------------------------------------------------------------------------------
@@ -96,88 +94,6 @@ class Journal:
 
     def close(self) -> None:
         self.writer.close()
-
-
-# --- the shipper on its own loop ----------------------------------------------------------------
-@dataclass
-class Shipping:
-    shipper: Shipper
-    task: asyncio.Task[None]
-    acks: list[int] = field(default_factory=list)  # every on_acked call, in order
-
-
-class LoopThread:
-    """An event loop in a thread, running shippers as the sidecar's loop does.  The shipper's
-    counters are plain ints, read from the test thread; everything else goes through the loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="test-shipper", daemon=True)
-        self.thread.start()
-        self.running: list[Shipping] = []
-
-    def call(self, fn: Callable[[], object], timeout: float = 10.0) -> object:
-        async def run() -> object:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
-
-    def start(self, run_dir: Path, url: str) -> Shipping:
-        def make() -> Shipping:
-            acks: list[int] = []
-            s = Shipper(run_dir, IDENT, url, None, on_acked=acks.append)
-            return Shipping(s, self.loop.create_task(s.run()), acks)
-
-        shipping = self.call(make)
-        assert isinstance(shipping, Shipping)
-        self.running.append(shipping)
-        return shipping
-
-    def wake(self, s: Shipping) -> None:
-        # Not needed for correctness (the shipper looks at its journal every 250 ms): only quicker.
-        self.loop.call_soon_threadsafe(s.shipper.wake)
-
-    def wait_acked(self, s: Shipping, seq: int, timeout: float = WAIT_S) -> bool:
-        fut = asyncio.run_coroutine_threadsafe(s.shipper.wait_acked(seq, timeout), self.loop)
-        return bool(fut.result(timeout + 10))
-
-    def stop(self, s: Shipping, check: bool = True) -> None:
-        """Cancel its task, as the sidecar does at exit; with ``check``, it must not have died on
-        its own before."""
-
-        async def cancel() -> BaseException | None:
-            if s.task.done():
-                return None if s.task.cancelled() else s.task.exception()
-            s.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await s.task
-            return None
-
-        self.running.remove(s)
-        died = asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(15)
-        assert died is None or not check, f"the shipper's task died: {died!r}"
-
-    def close(self) -> None:
-        async def cancel_the_rest() -> None:
-            # As asyncio.run does at exit: a cancelled shipper leaves its wait tasks pending.
-            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in rest:
-                t.cancel()
-            await asyncio.gather(*rest, return_exceptions=True)
-
-        try:
-            for s in list(self.running):
-                self.stop(s)
-        finally:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(cancel_the_rest(), self.loop).result(15)
-            for coro in (self.loop.shutdown_asyncgens(), self.loop.shutdown_default_executor()):
-                with contextlib.suppress(Exception):
-                    asyncio.run_coroutine_threadsafe(coro, self.loop).result(15)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(15)
-            if not self.thread.is_alive():
-                self.loop.close()
 
 
 # --- the server behind the proxy ----------------------------------------------------------------
@@ -250,15 +166,6 @@ def net(tmp_path: Path) -> Iterator[Net]:
             yield n
         finally:
             n.server.stop()  # the one running now (a test may have restarted it)
-
-
-@pytest.fixture
-def loop_thread() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
 
 
 @pytest.fixture
@@ -497,3 +404,34 @@ def test_a_marker_from_another_server_does_not_make_records_this_server_lacks_co
         assert rows_on(other.url) == more
     finally:
         other.stop()
+
+
+# --- what can never be uploaded -----------------------------------------------------------------
+def test_a_damaged_frame_in_the_journal_is_declared_lost_and_shipping_goes_on(
+    net: Net, loop_thread: LoopThread, journal: Journal
+) -> None:
+    """A flipped byte in a frame the server never got: the shipper used to send the next frame,
+    a sequence gap, and the server's FAILED_PRECONDITION stopped it for good; now it declares the
+    seqs no valid frame holds lost (``Lost``), and the records after them, and those the run
+    logs later, arrive."""
+    last = journal.append_rows(2000)
+    seg = journal.run_dir / "journal" / "seg-000002.rsj"
+    frames = [f for f in scan_segment(OsFileSystem(), str(seg)) if isinstance(f, ScannedFrame)]
+    victim = frames[len(frames) // 2]
+    data = bytearray(seg.read_bytes())
+    data[victim.offset + 40] ^= 0x10
+    seg.write_bytes(bytes(data))
+    lost = (victim.header.first_seq, victim.header.last_seq)
+
+    s = loop_thread.start(journal.run_dir, net.url)
+    assert loop_thread.wait_acked(s, last), f"acked {s.shipper.acked}, fatal {s.shipper.fatal}"
+    more = journal.append_rows(300)
+    loop_thread.wake(s)
+    assert loop_thread.wait_acked(s, more), f"acked {s.shipper.acked}, fatal {s.shipper.fatal}"
+    assert s.shipper.fatal is None
+    assert [(r.first_seq, r.last_seq) for r in s.shipper.lost_acked()] == [lost]
+    assert "journal damage" in s.shipper.lost_acked()[0].reason
+    assert net.steps() == [q - 1 for q in range(1, more + 1) if not lost[0] <= q <= lost[1]]
+    summary = runstream.Api(net.url).run(PATH).summary
+    assert summary["_runstream/server_lost_records"] == lost[1] - lost[0] + 1
+    assert net.db("SELECT acked_seq FROM writers WHERE writer_id = ?") == [(more,)]

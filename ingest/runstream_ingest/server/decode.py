@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from runstream.format import record as rec
+from runstream.format.journal_read import record_fault
 
 HEADER_DTYPE = np.dtype(
     {
@@ -38,6 +39,16 @@ NUMPY_BYTES = 32 << 10  # smaller batches are decoded record by record (rec.pars
 WORDS = np.arange(rec.HEADER_SIZE // 8)
 
 I64 = npt.NDArray[np.int64]
+
+
+class Unstorable(rec.BatchError):
+    """A batch whose framing is sound but which holds a record no storage can keep (its header
+    time is NaN or infinite: ``journal_read.record_fault``).  Refused like any bad batch, but the
+    client can tell: it declares that record lost and sends the rest (docs/protocol.md, "Lost")."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"record {seq} cannot be stored: {reason}")
+        self.seq = seq
 
 
 class RecordBatch(Sequence[rec.Record]):
@@ -168,7 +179,11 @@ def decode_batch(buf: bytes, first_seq: int, last_seq: int) -> Sequence[rec.Reco
     if first_seq < 1 or last_seq >= 2**63:
         raise rec.BatchError(f"batch seqs {first_seq}..{last_seq} are outside 1..2**63-1")
     if len(buf) < NUMPY_BYTES:
-        return rec.parse_batch(buf, first_seq, last_seq)
+        parsed = rec.parse_batch(buf, first_seq, last_seq)
+        for r in parsed:
+            if (why := record_fault(r.time)) is not None:
+                raise Unstorable(r.seq, why)
+        return parsed
     data = bytes(buf)
     n_bytes = len(data)
     u8 = np.frombuffer(data, np.uint8)
@@ -197,8 +212,15 @@ def decode_batch(buf: bytes, first_seq: int, last_seq: int) -> Sequence[rec.Reco
     got = list(map(rec.crc32c, map(mv.__getitem__, spans)))
     if not np.array_equal(np.array(got, np.uint32), crc):
         _refuse(data, first_seq, last_seq)
+    time = h["time"].copy()
+    # A NaN time fails at storage (NOT NULL columns), an infinite one is no time: both are
+    # refused here, where the batch is known, rather than at commit, where they looked transient.
+    bad = np.flatnonzero(~np.isfinite(time))
+    if bad.size:
+        i = int(bad[0])
+        raise Unstorable(int(seq[i]), record_fault(float(time[i])) or "")
     return RecordBatch(
-        data, u8, starts + rec.HEADER_SIZE, length, seq, kind, h["flags"], h["step"].copy(), h["time"].copy()
+        data, u8, starts + rec.HEADER_SIZE, length, seq, kind, h["flags"], h["step"].copy(), time
     )
 
 

@@ -37,7 +37,7 @@ import zstandard
 from runstream.format import record as rec
 from runstream_ingest.server.auth.guard import Authenticator, AuthError
 from runstream_ingest.server.commit import StorageWriter
-from runstream_ingest.server.decode import decode_batch
+from runstream_ingest.server.decode import Unstorable, decode_batch
 from runstream_ingest.server.storage.interface import (
     RESUME_MODES,
     BadBatch,
@@ -47,13 +47,19 @@ from runstream_ingest.server.storage.interface import (
     SequenceGap,
     Storage,
     StoreResult,
+    UnstorableBatch,
 )
 from runstream_ingest.wire import ingest_pb2 as pb
 from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 
 log = logging.getLogger("runstream.server.ingest")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the client may send Lost (docs/protocol.md, "Versioning")
+LOST_VERSION = 2
+# The trailing metadata key of a refusal that is about one batch's records, not the stream: the
+# client may declare that batch's records lost and go on (docs/protocol.md, "Refused batches").
+REFUSED_BATCH_KEY = "runstream-refused-batch"
+MAX_REASON = 1000  # characters of a Lost reason kept
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: `$` allows a final "\n"
 # What one stream may have read, checked and queued for storage ahead of its acks: at least
 # one batch, at most PIPELINE of them and, past the first, PIPELINE_BYTES of decoded records.
@@ -68,12 +74,17 @@ class Limits:
 
 
 class Refused(Exception):
-    """Ends the stream with ``code`` and ``message``."""
+    """Ends the stream with ``code`` and ``message``; ``batch``: the refusal is about that
+    batch's records (first_seq, last_seq), named in the trailing metadata."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, batch: tuple[int, int] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.batch = batch
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        return () if self.batch is None else ((REFUSED_BATCH_KEY, f"{self.batch[0]}-{self.batch[1]}"),)
 
 
 def inflate(codec: int, payload: bytes, limit: int) -> bytes:
@@ -122,6 +133,10 @@ def check_batch(batch: Any, acked: int, limits: Limits) -> Sequence[rec.Record]:
     data = inflate(batch.codec, payload, limits.max_batch)
     try:
         records = decode_batch(data, first, last)
+    except Unstorable as e:
+        raise Refused(
+            grpc.StatusCode.INVALID_ARGUMENT, f"unstorable batch {first}..{last}: {e}", (first, last)
+        ) from None
     except rec.BatchError as e:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable batch: {e}") from None
     if batch.record_count and batch.record_count != len(records):
@@ -130,6 +145,18 @@ def check_batch(batch: Any, acked: int, limits: Limits) -> Sequence[rec.Record]:
             f"batch says {batch.record_count} records but holds {len(records)}",
         )
     return records
+
+
+def check_lost(lost: Any, acked: int) -> None:
+    """A Lost range is admitted like a batch: seqs in 1..2**63-1, no gap before it."""
+    first, last = lost.first_seq, lost.last_seq
+    if first < 1 or last < first or last >= 2**63:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"bad lost seq range {first}..{last}")
+    if first > acked + 1:
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"sequence gap: the server holds this writer up to seq {acked}, the lost range starts at {first}",
+        )
 
 
 class IngestService(pb_grpc.IngestServicer):
@@ -156,7 +183,7 @@ class IngestService(pb_grpc.IngestServicer):
                 yield reply
         except Refused as e:
             log.info("stream refused: %s: %s", e.code.name, e.message)
-            await context.abort(e.code, e.message)
+            await context.abort(e.code, e.message, e.trailers())
         except AuthError as e:
             await context.abort(e.code, e.message)
 
@@ -175,7 +202,7 @@ class IngestService(pb_grpc.IngestServicer):
             value = getattr(o, field)
             if not NAME_RE.fullmatch(value):
                 raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.{field} {value!r} is not a valid name")
-        if o.protocol_version not in (0, PROTOCOL_VERSION):
+        if o.protocol_version not in (0, 1, PROTOCOL_VERSION):
             raise Refused(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"protocol version {o.protocol_version} is not supported "
@@ -198,6 +225,7 @@ class IngestService(pb_grpc.IngestServicer):
                 resumed=opened.resumed,
                 last_step=opened.last_step,
                 run_path=opened.run_path,
+                protocol_version=max(o.protocol_version, 1),
             )
         )
         # Batches are read, checked and queued for storage up to PIPELINE ahead of their acks
@@ -213,10 +241,13 @@ class IngestService(pb_grpc.IngestServicer):
                 stream.done(item)
                 if isinstance(result, SequenceGap):
                     raise Refused(grpc.StatusCode.FAILED_PRECONDITION, str(result))
+                if isinstance(result, UnstorableBatch):  # these bytes fail whenever they are stored
+                    first, last = result.first_seq, result.last_seq
+                    raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(result), (first, last))
                 if isinstance(result, BadBatch):
                     raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(result))
-                if isinstance(result, Exception):
-                    raise result
+                if isinstance(result, Exception):  # the storage's trouble (a full disk): retried
+                    raise Refused(grpc.StatusCode.UNAVAILABLE, f"storage: {type(result).__name__}: {result}")
                 self.batches += 1
                 if self.on_stored is not None:
                     self.on_stored(opened.run_path, result.acked_seq)
@@ -268,16 +299,29 @@ class _Pipeline:
                 if kind == "heartbeat":
                     await s.writer.call(s.storage.heartbeat, o.entity, o.project, o.run_id, time.time())
                     continue
-                if kind != "batch":
+                if kind == "lost" and max(o.protocol_version, 1) < LOST_VERSION:
+                    raise Refused(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"Lost needs protocol version {LOST_VERSION}; "
+                        f"the stream opened with {o.protocol_version}",
+                    )
+                if kind not in ("batch", "lost"):
                     raise Refused(
                         grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind or 'empty'} message after Open"
                     )
                 if self.key is not None:
                     s.auth.recheck(self.key)
-                b = msg.batch
-                records = check_batch(b, self.expected, s.limits)
                 where = (o.entity, o.project, o.run_id, o.writer_id)
-                fut = s.writer.submit(BatchWrite(*where, b.first_seq, b.last_seq, records))
+                if kind == "lost":
+                    b = msg.lost
+                    check_lost(b, self.expected)
+                    records: Sequence[rec.Record] = ()
+                    write = BatchWrite(*where, b.first_seq, b.last_seq, (), lost=b.reason[:MAX_REASON])
+                else:
+                    b = msg.batch
+                    records = check_batch(b, self.expected, s.limits)
+                    write = BatchWrite(*where, b.first_seq, b.last_seq, records)
+                fut = s.writer.submit(write)
                 self.sizes[fut] = n = _size(records)
                 self.size += n
                 self.queue.put_nowait(fut)

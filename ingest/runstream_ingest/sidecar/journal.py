@@ -59,6 +59,11 @@ Recovery flow (``open``)
     covered on is reported synced by this writer, as it holds no copy to rewrite, and a segment
     whose fsync failed is not appended to.
 
+Reserve (``reserve_path``)
+    A file of ``reserve_bytes`` written at ``open`` and removed at ``close``: disk space the
+    caller frees (``release_reserve``) when the disk is full and it must still write a last frame,
+    having given up on the frames it held (``discard_pending``).
+
 Limits
     * One writer per journal directory at a time; the caller (the sidecar) must ensure it.
     * A writer killed while it holds frames in memory (pending on a full disk, or waiting to be
@@ -96,6 +101,9 @@ log = logging.getLogger("runstream.journal")
 
 DEFAULT_SEGMENT_BYTES = 64 * 2**20  # rotation size: the unit a shipper can delete when done
 DEFAULT_MEMORY_LIMIT = 256 * 2**20
+# A reserve file (``reserve_path``, beside the journal directory: on the same file system) holds
+# disk space for the last words of a writer whose disk filled up: released by ``release_reserve``,
+# it lets the loss counters reach the journal when nothing else can (docs/run-dir.md).
 
 FsyncPolicy = Literal["group", "always", "never"]
 _POLICIES = ("group", "always", "never")
@@ -156,6 +164,8 @@ class JournalWriter:
         fsync: FsyncPolicy = "group",
         memory_limit: int = DEFAULT_MEMORY_LIMIT,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        reserve_path: str | os.PathLike[str] | None = None,
+        reserve_bytes: int = 64 * 2**10,
     ) -> None:
         if fsync not in _POLICIES:
             raise ValueError(f"fsync must be one of {_POLICIES}, not {fsync!r}")
@@ -163,6 +173,8 @@ class JournalWriter:
         self.policy: FsyncPolicy = fsync
         self.memory_limit = memory_limit
         self.segment_bytes = segment_bytes
+        self.reserve_path = os.fspath(reserve_path) if reserve_path is not None else None
+        self.reserve_bytes = reserve_bytes
         self._fs: FileSystem = fs if fs is not None else OsFileSystem()
         self._lock = threading.Lock()
         self._sync_mutex = threading.Lock()
@@ -252,6 +264,57 @@ class JournalWriter:
         self.last_seq = self.written_seq = last_seq
         self.synced_seq = last_seq if self._doubtful_from is None else min(last_seq, self._doubtful_from - 1)
         self._state = "open"
+        self._make_reserve()
+
+    # --- the reserve ---------------------------------------------------------------------------
+    def _make_reserve(self) -> None:
+        """Hold ``reserve_bytes`` of disk (an earlier writer's reserve is kept as it is).  Best
+        effort: on a disk already full there is nothing to hold."""
+        path = self.reserve_path
+        if path is None or not self.reserve_bytes:
+            return
+        try:
+            fd = self._fs.create_excl(path)
+        except FileExistsError:
+            return
+        except OSError as e:
+            log.warning("could not reserve %d bytes in %s: %s", self.reserve_bytes, path, e)
+            return
+        try:
+            block = bytes(min(self.reserve_bytes, 1 << 16))
+            left = self.reserve_bytes
+            while left > 0:
+                n = self._fs.write(fd, block[:left])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                left -= n
+        except OSError as e:
+            log.warning("could not reserve %d bytes in %s: %s", self.reserve_bytes, path, e)
+            self._fs.close(fd)
+            self.release_reserve()  # a partial one would only confuse the next writer
+            return
+        self._fs.close(fd)
+
+    def release_reserve(self) -> bool:
+        """Give the reserve's space back to the file system; True if there was one."""
+        if self.reserve_path is None:
+            return False
+        try:
+            self._fs.remove(self.reserve_path)
+        except OSError:
+            return False
+        return True
+
+    def discard_pending(self) -> list[tuple[bytes, int, int]]:
+        """Give up on the frames waiting for the disk (the caller counts their records as lost):
+        they are returned, (frame, first seq, last seq), in order, and the writer holds none.
+        Their seqs stay used: ``last_seq`` does not go back."""
+        with self._lock:
+            out = [(f.data, f.first_seq, f.last_seq) for f in self._pending]
+            self._pending.clear()
+            self.pending_bytes = 0
+            self._maybe_recovered_locked()
+        return out
 
     def _reuse_last(self, index: int, path: str, end: int, size: int) -> _Segment | None:
         """Continue in the last segment, cutting off a torn tail first; None if that fails (the
@@ -443,7 +506,8 @@ class JournalWriter:
                         self.pending_bytes,
                     )
                 self._state = "closed"
-                return ok and not self.lost_records and self._doubtful_from is None
+            self.release_reserve()  # this writer is done: the space is the user's again
+            return ok and not self.lost_records and self._doubtful_from is None
 
     def __enter__(self) -> JournalWriter:
         self.open()

@@ -42,15 +42,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import zstandard
 
 from runstream.format import record as rec
 from runstream.format.fold import RunState, json_safe
-from runstream.format.frame import CODEC_ZSTD, TYPE_BATCH, encode_frame
+from runstream.format.frame import CODEC_ZSTD, HEADER_SIZE, TYPE_BATCH, encode_frame
 from runstream.format.ring_layout import (
     W_ACKED_SEQ,
     W_CLOSED,
     W_DROPPED,
     W_DROPPED_BYTES,
+    W_EXIT,
     W_FIRST_SEQ,
     W_HEAD,
     W_JOURNAL_ERRORS,
@@ -63,6 +65,7 @@ from runstream.format.ring_layout import (
     W_STEP_REGRESSIONS,
     W_SYNCED_SEQ,
     RingMap,
+    exit_code_of,
 )
 from runstream_ingest.sidecar.batcher import Batcher, Compressor
 from runstream_ingest.sidecar.journal import JournalWriter
@@ -85,7 +88,13 @@ LIVENESS_EVERY = 0.2  # the producer's death is noticed within this
 # first record after a pause waits at most that much longer; the ring holds minutes of it.
 IDLE_AFTER = 1.0
 IDLE_POLL_INTERVAL = 0.05
-FINAL_WRITE_TIMEOUT = 30.0  # at exit, how long to keep retrying a failing disk
+FINAL_WRITE_TIMEOUT = 30.0  # at exit, how long to keep retrying a failing disk (--final-write-timeout)
+# Disk held back for the loss counters and the exit record of a run whose disk fills up
+# (JournalWriter's reserve): without it, the journal could not say what it lost.
+JOURNAL_RESERVE = 64 << 10
+# Records kept when the sidecar gives up on a full disk: they are few and small, and without them
+# the run would lose its metadata or read as crashed.  Rows (and file requests) are counted lost.
+KEEP_ON_GIVE_UP = frozenset({rec.KIND_RUN, rec.KIND_CONFIG, rec.KIND_SUMMARY, rec.KIND_EXIT})
 SUMMARY_BACKLOG = 256 << 20  # bytes of journaled batches waiting to be folded into the summary
 SUMMARY_SLICE = 0.004  # seconds of summary folding per caught-up pass
 
@@ -96,15 +105,24 @@ class Sidecar:
         self.words = ring.words
         self.run_dir = run_dir
         self.opts = opts
-        self.journal = JournalWriter(run_dir / "journal", fsync=opts.fsync, memory_limit=opts.memory)
+        self.journal = JournalWriter(
+            run_dir / "journal",
+            fsync=opts.fsync,
+            memory_limit=opts.memory,
+            reserve_path=run_dir / "journal.reserve",
+            reserve_bytes=JOURNAL_RESERVE,
+        )
         self.journal.open()
         self.reader = RingReader(ring, after_seq=self.journal.last_seq)
         self._next_seq = self.journal.last_seq + 1 if self.journal.last_seq else ring_first_seq(ring)
         self.batcher = Batcher(opts.batch_bytes, opts.batch_age)
         self.compressor = Compressor(opts.zstd_level)
         self.config: dict[str, Any] = {}
+        self.record_errors = 0  # records whose side effect or summary fold failed (record_failed)
+        self.config_errors = 0  # failed writes of config.yaml other than OSError
         self.exit_seen = False
         self.journaled = 0
+        self._gone_at: float | None = None  # when the producer was seen gone (closed or dead)
         self._sync_task: asyncio.Future[Any] | None = None
         self._last_sync = time.monotonic()
         self._initial_ppid = os.getppid()
@@ -177,26 +195,81 @@ class Sidecar:
         while self._unsummarised and time.monotonic() < deadline:
             data = self._unsummarised.popleft()
             self._unsummarised_bytes -= len(data)
-            self.summary.feed(rec.iter_records(data))
+            records = rec.iter_records(data)
+            while True:
+                # One record the fold cannot take must not stop the sidecar (see handle_control).
+                # The exception leaves the generator where it was: the next feed goes on after it.
+                try:
+                    self.summary.feed(records)
+                    break
+                except Exception:
+                    self.record_failed(self.summary.last_seq, None, "summarising")
 
     def handle_control(self, records: list[rec.Record]) -> None:
         for r in records:
-            if r.kind == rec.KIND_CONFIG:
-                self.config.update(r.value())
-                self.write_config()
-            elif r.kind == rec.KIND_EXIT:
-                self.exit_seen = True
-            elif r.kind == rec.KIND_FILE:  # runstream.save
-                self.files.request(r.value())
+            # A control record's side effect (config.yaml, a file to keep) is an extra: the record
+            # itself is in the batch and reaches the journal whatever happens here.  One that fails
+            # (a value no writer can handle, from an SDK that did not check it) is logged and
+            # counted; raising would kill the sidecar before the batch is journaled, and every
+            # restarted sidecar would fail on the same record again, losing all the run's records.
+            try:
+                self._handle_control_record(r)
+            except Exception:
+                self.record_failed(r.seq, r.kind, "handling")
+
+    def _handle_control_record(self, r: rec.Record) -> None:
+        if r.kind == rec.KIND_CONFIG:
+            value = r.value()
+            if not isinstance(value, dict):
+                raise TypeError(f"a config record holds a {type(value).__name__}, not a dict")
+            self.config.update(value)
+            self.write_config()
+        elif r.kind == rec.KIND_EXIT:
+            self.exit_seen = True
+        elif r.kind == rec.KIND_FILE:  # runstream.save
+            self.files.request(r.value())
+
+    def record_failed(self, seq: int, kind: int | None, what: str) -> None:
+        """Log and count a record whose processing in the sidecar failed; the sidecar goes on.
+        The first few with their traceback, then one line per thousand (every row of a run may
+        fail the same way: the log must not grow with the run)."""
+        self.record_errors += 1
+        n = self.record_errors
+        if n > 10 and n % 1000:
+            return
+        (log.exception if n <= 10 else log.error)(
+            "%s record seq %d (%s) failed; the record stays in the journal (%d such failures)",
+            what,
+            seq,
+            "?" if kind is None else rec.KIND_NAMES.get(kind, kind),
+            self.record_errors,
+        )
 
     def write_config(self) -> None:
         from runstream.format.atomic import write_text_atomic
 
         try:
-            text = yaml.safe_dump(json_safe(self.config), sort_keys=False, allow_unicode=True)
+            try:
+                text = yaml.safe_dump(json_safe(self.config), sort_keys=False, allow_unicode=True)
+            except Exception:  # a value the YAML writer cannot take (nested too deep: RecursionError)
+                text = self._config_yaml_by_key()
             write_text_atomic(self.run_dir / "files" / "config.yaml", text)
         except OSError as e:  # a full disk must not stop the journal
             log.warning("could not write config.yaml: %s", e)
+
+    def _config_yaml_by_key(self) -> str:
+        """config.yaml written key by key, a key whose value cannot be written holding a note
+        instead, so one bad value does not keep the others (and later keys) out of the file."""
+        parts = []
+        for key, value in self.config.items():
+            try:
+                parts.append(yaml.safe_dump({key: json_safe(value)}, sort_keys=False, allow_unicode=True))
+            except Exception as e:
+                self.config_errors += 1
+                log.error("config.yaml: the value of key %r could not be written: %r", key, e)
+                note = f"<not written by runstream: {type(e).__name__}; the journal holds the value>"
+                parts.append(yaml.safe_dump({str(key): note}, sort_keys=False, allow_unicode=True))
+        return "".join(parts)
 
     # --- the loop --------------------------------------------------------------------------------
     def drain_once(self) -> int:
@@ -286,6 +359,8 @@ class Sidecar:
                 producer_gone = closed or not self.producer_alive()
                 if self.journal.pending_bytes:
                     self.journal.retry()
+                if producer_gone:
+                    self._give_up_if_disk_stays_full(now)
             if producer_gone and n == 0 and self.reader.pending <= 0:
                 n = self.drain_once()  # a last look: records published just before the close
                 if n == 0 and self.reader.pending <= 0:
@@ -305,20 +380,28 @@ class Sidecar:
     ) -> int:
         self.cut()
         await self.close_sources()
-        self.append_own_records(crashed)
-        deadline = time.monotonic() + FINAL_WRITE_TIMEOUT
+        # The loss counters go in last, once every loss is known: what the disk never took is
+        # counted first, so the STATS record the journal (and the server) gets is the true one.
+        start = self._gone_at if self._gone_at is not None else time.monotonic()
+        deadline = max(start + self.opts.final_write_timeout, time.monotonic() + 0.5)
         while self.journal.pending_bytes and time.monotonic() < deadline:
             self.journal.retry()
             if self.journal.pending_bytes:
                 await asyncio.sleep(0.2)
+        if self.journal.pending_bytes:
+            self.give_up_on_disk()
+        self.append_own_records(crashed)
+        self.journal.retry()
         await self.maybe_sync(loop, force=True)
         self.journal.close()
+        # What close could not write: only the last words themselves, when even the space the
+        # reserve freed could not take them (the STATS record then cannot say so: the log does).
         lost = self.journal.lost_records
         self.words[W_SIDECAR_LOST] = self.words[W_SIDECAR_LOST] + lost
         self.words[W_JOURNALED_SEQ] = self.journal.written_seq
         self.words[W_SYNCED_SEQ] = self.journal.synced_seq
         if lost:
-            log.error("the disk never came back: %d records held in memory were lost", lost)
+            log.error("the disk took not even the loss counters: %d records lost", lost)
         self.write_summary()
         deadline = time.monotonic() + self.opts.upload_timeout
         await self.files.finish(deadline)  # after write_summary: summary.json is one of the files
@@ -344,6 +427,55 @@ class Sidecar:
                     shipper.fatal or "server not reachable",
                 )
         return 0
+
+    # --- a disk that stays full after the producer is gone -------------------------------------
+    def _give_up_if_disk_stays_full(self, now: float) -> None:
+        """The producer is gone, so records wait for the disk only to be lost with this sidecar
+        at some point; past ``--final-write-timeout`` with the journal writer still full (it
+        takes nothing more from the ring), give up on them now, so that the sidecar can exit and
+        count them, and finish() prints the true figures."""
+        if self._gone_at is None:
+            self._gone_at = now
+        elif self.journal.over_limit and now - self._gone_at >= self.opts.final_write_timeout:
+            self.give_up_on_disk()
+
+    def give_up_on_disk(self) -> None:
+        """Count as lost (``W_SIDECAR_LOST``) every record the disk did not take: the frames the
+        journal writer holds and what the ring still holds.  The run, config, summary and exit
+        records among them are kept, and written (with the loss counters after them) into the
+        space the journal's reserve frees; rows are what is lost."""
+        self.cut()
+        kept: list[rec.Record] = []
+        lost = 0
+        unzstd = zstandard.ZstdDecompressor()
+        batches = [unzstd.decompress(f[HEADER_SIZE:]) for f, _, _ in self.journal.discard_pending()]
+        while self.reader.pending > 0:
+            spans = self.reader.poll(1 << 20)
+            if not spans:
+                break  # damage: the reader skips it, counted in ring_skipped_bytes
+            batches += [span.data for span in spans]
+            self.reader.release()
+        for batch in batches:
+            for r in rec.iter_records(batch):
+                if r.kind in KEEP_ON_GIVE_UP:
+                    kept.append(r)
+                else:
+                    lost += 1
+        self._next_seq = max(self._next_seq, self.reader.expected or 0)
+        self.words[W_SIDECAR_LOST] = self.words[W_SIDECAR_LOST] + lost
+        self._summary_replay = True  # the folded summary has rows that are lost: replay instead
+        self.journal.release_reserve()
+        for r in kept:  # a frame each: a batch is a gapless run of seqs (docs/batch-format.md)
+            data = rec.encode(r.seq, r.kind, r.step, r.time, r.body, r.flags)
+            frame = encode_frame(TYPE_BATCH, CODEC_ZSTD, r.seq, r.seq, self.compressor.compress(data))
+            self.journal.append(frame, r.seq, r.seq)
+            self.exit_seen = self.exit_seen or r.kind == rec.KIND_EXIT
+        log.error(
+            "the disk stayed full: %d records it never took were lost (%d run, config, summary "
+            "and exit records kept)",
+            lost,
+            len(kept),
+        )
 
     # --- the sidecar's own sources (written through self.companion) ------------------------------
     def make_sources(self) -> list[Source]:
@@ -400,9 +532,13 @@ class Sidecar:
         seq = max(self.journal.last_seq, self.reader.expected - 1 if self.reader.expected else 0) + 1
         now = time.time()
         out = [rec.encode(seq, rec.KIND_STATS, 0, now, rec.pack_body(stats), rec.FLAG_SIDECAR)]
-        if crashed and not self.exit_seen:
+        code = exit_code_of(int(w[W_EXIT]))
+        if not self.exit_seen and (crashed or code is not None):
+            # A producer that died wrote none; one whose exit record found no room in the ring
+            # (a sidecar stuck on a full disk) left its exit code in W_EXIT.
             seq += 1
-            body = rec.pack_body({"exit_code": None, "state": "crashed"})
+            state = "crashed" if code is None else "finished" if code == 0 else "failed"
+            body = rec.pack_body({"exit_code": code, "state": state})
             out.append(rec.encode(seq, rec.KIND_EXIT, 0, now, body, rec.FLAG_SIDECAR))
         data = b"".join(out)
         payload = self.compressor.compress(data)
@@ -423,6 +559,8 @@ class Sidecar:
             write_json_atomic(self.run_dir / "files" / "summary.json", json_safe(state.summary))
         except OSError as e:
             log.warning("could not write summary.json: %s", e)
+        except Exception:  # a record the fold cannot take: summary.json is an extra, the exit is not
+            log.exception("could not compute summary.json")
 
 
 def ring_first_seq(ring: RingMap) -> int:
@@ -449,6 +587,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--writer-id", default="")
     p.add_argument("--resume", default="")
     p.add_argument("--upload-timeout", type=float, default=55.0)
+    p.add_argument("--final-write-timeout", type=float, default=FINAL_WRITE_TIMEOUT)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     # what the sidecar records by itself (settings.py documents each)
     p.add_argument("--stats-interval", type=float, default=2.0, help="seconds between samples; 0: none")

@@ -9,6 +9,11 @@ Connection trouble (server down, network cut, restarts) is retried with exponent
 full jitter, 100 ms up to 30 s, for as long as the shipper runs.  Refusals that retrying cannot
 fix (bad key, wrong entity, a malformed batch) stop it with ``fatal`` set to the server's message.
 
+What can never be uploaded does not stop it (protocol version 2, docs/protocol.md, "Lost"): seqs
+that no valid frame of the journal holds (damage on disk) are declared lost, and so are records
+the server refuses as unstorable (a NaN time): the rest of that batch is sent again without them.
+``lost`` lists every range declared, for ``runstream sync`` and the sidecar's log.
+
 Concurrency contract: a ``Shipper`` runs on one asyncio event loop; ``wake`` may be called from
 that loop only.
 """
@@ -25,14 +30,15 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
+import zstandard
 
 from runstream.format import record as rec
 from runstream.format.frame import CODEC_ZSTD, TYPE_BATCH, parse_segment_name, segment_name
 from runstream.format.fs import OsFileSystem
-from runstream.format.journal_read import Damage, _Scan
+from runstream.format.journal_read import Damage, _Scan, decode_payload, scan_segment, split_storable
 from runstream_ingest.wire import ingest_pb2 as pb
 from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 
@@ -54,6 +60,19 @@ FATAL = {
     grpc.StatusCode.UNIMPLEMENTED,
 }
 UPLOAD_MARKER = "upload.json"
+PROTOCOL_VERSION = 2  # 2: Lost; a server that speaks only 1 is spoken to in 1 (no Lost then)
+REFUSED_BATCH_KEY = "runstream-refused-batch"  # a refusal's trailer: "first-last" of the batch
+
+
+class LostRange(NamedTuple):
+    """Seqs first_seq..last_seq that will never be sent, and why (a ``Lost`` message)."""
+
+    first_seq: int
+    last_seq: int
+    reason: str
+
+
+Piece = tuple[int, int, int, bytes]  # a batch to send: (first_seq, last_seq, codec, payload)
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,18 @@ def read_marker(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def refused_batch(e: grpc.aio.AioRpcError) -> tuple[int, int] | None:
+    """(first_seq, last_seq) of the batch a refusal is about (its trailer), or None."""
+    for key, value in e.trailing_metadata() or ():
+        if key == REFUSED_BATCH_KEY:
+            a, _, b = str(value).partition("-")
+            try:
+                return int(a), int(b)
+            except ValueError:
+                return None
+    return None
+
+
 class JournalTail:
     """Frames of a journal with seqs above ``after``, following the writer as it appends."""
 
@@ -99,6 +130,7 @@ class JournalTail:
         self.after = after
         self.segment: int | None = None
         self.offset = 0
+        self.damage: tuple[str, int, int] | None = None  # the last damage passed: segment, offset, length
 
     def reset(self, after: int) -> None:
         self.after, self.segment, self.offset = after, None, 0
@@ -110,9 +142,10 @@ class JournalTail:
             return []
         return sorted(i for n in names if (i := parse_segment_name(n)) is not None)
 
-    def poll(self, max_bytes: int) -> list[tuple[int, int, int, bytes]]:
-        """(first_seq, last_seq, codec, payload) of the next frames, at most about max_bytes."""
-        out: list[tuple[int, int, int, bytes]] = []
+    def poll(self, max_bytes: int) -> list[Piece | LostRange]:
+        """The next frames above ``after`` as (first_seq, last_seq, codec, payload), at most about
+        max_bytes; where no valid frame holds the next seqs, a ``LostRange`` for them."""
+        out: list[Piece | LostRange] = []
         size = 0
         segments = self._segments()
         if self.segment is None and segments:
@@ -130,23 +163,70 @@ class JournalTail:
                         if item.tail and not later:
                             stopped = True  # a frame being written: look again next poll
                             break
+                        self.damage = (segment_name(self.segment), item.offset, item.length)
                         self.offset = item.offset + item.length
                         continue
                     h = item.header
-                    self.offset = item.offset + 32 + h.payload_len
                     if h.type == TYPE_BATCH and h.last_seq > self.after:
+                        if h.first_seq > self.after + 1:
+                            # The seqs before this frame are not where journal order puts them:
+                            # a copy elsewhere (a rewrite after a failed fsync) is sent first,
+                            # and seqs no valid frame holds are lost to damage.  Then this frame
+                            # is looked at again, from where it starts.
+                            out.append(self._before(h.first_seq))
+                            stopped = True
+                            break
                         out.append((h.first_seq, h.last_seq, h.codec, bytes(item.payload)))
                         self.after = h.last_seq
                         size += h.payload_len
-                        if size >= max_bytes:
-                            stopped = True
-                            break
+                    self.offset = item.offset + 32 + h.payload_len
+                    if size >= max_bytes:
+                        stopped = True
+                        break
             finally:
                 self.fs.close(fd)
             if stopped or not later:
                 break
             self.segment, self.offset = later[0], 0
         return out
+
+    def _before(self, next_first: int) -> Piece | LostRange:
+        """What to send for the seqs from ``after + 1``, found missing before a frame that starts
+        at ``next_first``: the frame anywhere in the journal that holds seq ``after + 1``, or
+        the range up to the first seq some valid frame holds, as lost."""
+        found = self.find(self.after + 1)
+        if found is not None and found[0] <= self.after + 1:
+            self.after = found[1]
+            return found
+        last = (found[0] if found is not None else next_first) - 1
+        why = "missing from the journal: no segment holds these records"  # a segment file gone
+        if self.damage is not None:
+            seg, at, n = self.damage
+            why = "journal damage: no valid frame holds these records"
+            why += f" (damaged bytes at {seg} offset {at}, {n} bytes)"
+        lost = LostRange(self.after + 1, last, why)
+        self.after = last
+        return lost
+
+    def find(self, seq: int, last: int | None = None) -> Piece | None:
+        """Over the whole journal, the valid frame with the lowest first seq among those holding
+        seqs from ``seq`` on (the first in journal order among equals), or None; with ``last``,
+        the first frame of exactly ``seq..last``."""
+        best: Piece | None = None
+        for index in self._segments():
+            try:
+                for item in scan_segment(self.fs, str(self.directory / segment_name(index))):
+                    if isinstance(item, Damage) or item.header.type != TYPE_BATCH:
+                        continue
+                    h = item.header
+                    if last is not None:
+                        if (h.first_seq, h.last_seq) == (seq, last):
+                            return (h.first_seq, h.last_seq, h.codec, bytes(item.payload))
+                    elif h.last_seq >= seq and (best is None or h.first_seq < best[0]):
+                        best = (h.first_seq, h.last_seq, h.codec, bytes(item.payload))
+            except OSError:
+                continue  # an unreadable segment holds nothing to send
+        return best
 
 
 class Shipper:
@@ -179,6 +259,13 @@ class Shipper:
         self._acked_event = asyncio.Event()
         self._marker_written = 0.0
         self._marker_seq = self.marker_acked
+        self.version = PROTOCOL_VERSION  # what Open offers; 1 once a server refused 2
+        self.stream_version = 0  # what the current stream speaks (Opened.protocol_version)
+        # Ranges declared lost (sent as Lost), by first seq; they count once acked.
+        self.lost: dict[int, LostRange] = {}
+        # Frames the server refused as unstorable, by first seq: what to send instead of each.
+        self.plans: dict[int, tuple[int, list[Piece | LostRange]]] = {}
+        self._refused: set[tuple[int, int]] = set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -220,6 +307,25 @@ class Shipper:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as e:
+                details = e.details() or ""
+                if (
+                    e.code() == grpc.StatusCode.FAILED_PRECONDITION
+                    and not self.connected
+                    and self.version > 1
+                    and details.startswith("protocol version")
+                ):
+                    # A server older than Lost: speak version 1 to it (damage then stops us).
+                    log.info("server %s speaks protocol 1 only: %s", self.url, details)
+                    self.version = 1
+                    continue
+                refused = refused_batch(e)
+                if (
+                    e.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    and refused is not None
+                    and self._plan_past(*refused, f"{e.code().name}: {details}")
+                ):
+                    self.connected = False
+                    continue  # at once: the next session sends the batch's records but those
                 if e.code() in FATAL:
                     self.fatal = f"{e.code().name}: {e.details()}"
                     log.error("the server refused run %s: %s", self.identity.run_id, self.fatal)
@@ -263,7 +369,7 @@ class Shipper:
                         run_id=i.run_id,
                         writer_id=i.writer_id,
                         resume=i.resume,
-                        protocol_version=1,
+                        protocol_version=self.version,
                     )
                 )
             )
@@ -271,6 +377,7 @@ class Shipper:
             if first is grpc.aio.EOF or first.WhichOneof("msg") != "opened":
                 raise ValueError("the server did not answer Open")
             self.connected = True
+            self.stream_version = first.opened.protocol_version or 1  # a version-1 server leaves it 0
             self.last_step = first.opened.last_step
             self._resume_from(first.opened.acked_seq)
             self.tail.reset(self.acked)
@@ -317,9 +424,16 @@ class Shipper:
                 reader.result()  # raises the stream's error
                 raise ValueError("the server closed the stream")
             inflight = [(s, n) for s, n in inflight if s > self.acked]
+            for key in [k for k, (plan_last, _) in self.plans.items() if plan_last <= self.acked]:
+                del self.plans[key]  # acked: the server will not ask for those frames again
             room = WINDOW_BYTES - sum(n for _, n in inflight)
             frames = self.tail.poll(max(room, 1)) if room > 0 else []
-            for first, last, codec, payload in frames:
+            for item in [x for f in frames for x in self._planned(f)]:
+                if isinstance(item, LostRange):
+                    await self._send_lost(call, item)
+                    inflight.append((item.last_seq, 0))
+                    continue
+                first, last, codec, payload = item
                 if len(payload) > MAX_PAYLOAD:
                     self.fatal = (
                         f"frame {first}..{last} is {len(payload)} bytes, over the {MAX_PAYLOAD}-byte "
@@ -353,6 +467,73 @@ class Shipper:
                 finally:  # also when this task is cancelled: leave no waiter pending on the loop
                     for w in waits:
                         w.cancel()
+
+    def _planned(self, frame: Piece | LostRange) -> list[Piece | LostRange]:
+        """What to send for a frame: itself, or what replaces it since the server refused it."""
+        if isinstance(frame, LostRange):
+            return [frame]
+        plan = self.plans.get(frame[0])
+        return plan[1] if plan is not None and plan[0] == frame[1] else [frame]
+
+    async def _send_lost(self, call: Any, lost: LostRange) -> None:
+        if self.stream_version < 2:
+            self.fatal = (
+                f"records {lost.first_seq}..{lost.last_seq} cannot be uploaded ({lost.reason}) and the "
+                "server speaks protocol version 1, which cannot be told: upgrade the server"
+            )
+            raise ValueError(self.fatal)
+        if lost.first_seq not in self.lost:
+            log.warning(
+                "run %s: declaring records %d..%d lost: %s",
+                self.identity.run_id,
+                lost.first_seq,
+                lost.last_seq,
+                lost.reason,
+            )
+        self.lost[lost.first_seq] = lost
+        msg = pb.Lost(first_seq=lost.first_seq, last_seq=lost.last_seq, reason=lost.reason)
+        await call.write(pb.ClientMessage(lost=msg))
+
+    def _plan_past(self, first: int, last: int, why: str) -> bool:
+        """The server refused batch first..last as records it can never store: plan to send the
+        records it can store, and the others as lost.  False when there is no way past (the
+        same range refused again)."""
+        if (first, last) in self._refused or self.stream_version < 2:
+            return False
+        self._refused.add((first, last))
+        refused = f"refused by the server: {why}"
+        for _plan_last, planned in self.plans.values():  # a piece of an earlier plan: lose it whole
+            for i, item in enumerate(planned):
+                if not isinstance(item, LostRange) and (item[0], item[1]) == (first, last):
+                    planned[i] = LostRange(first, last, refused)
+                    return True
+        frame = self.tail.find(first, last)
+        if frame is None:
+            return False
+        batch = decode_payload(frame[2], frame[3])
+        runs = split_storable(batch) if batch is not None else []
+        if not any(data is None for _, _, data, _ in runs):
+            # Nothing wrong that this client can see (the server found something at storage):
+            # the batch is lost whole rather than this writer stopped for good.
+            self.plans[first] = (last, [LostRange(first, last, refused)])
+            return True
+        items: list[Piece | LostRange] = []
+        zc = zstandard.ZstdCompressor(level=1)
+        for a, b, data, reason in runs:
+            if data is None:
+                items.append(LostRange(a, b, f"the server can never store them: {reason}"))
+            else:
+                items.append((a, b, CODEC_ZSTD, zc.compress(data)))
+        covered = runs[-1][1]
+        if covered < last:  # split_storable stopped at a record that does not validate
+            items.append(LostRange(covered + 1, last, refused))
+        self.plans[first] = (last, items)
+        log.warning("run %s: the server refused batch %d..%d: %s", self.identity.run_id, first, last, why)
+        return True
+
+    def lost_acked(self) -> list[LostRange]:
+        """The ranges declared lost that the server has acked, in seq order."""
+        return [r for _, r in sorted(self.lost.items()) if r.last_seq <= self.acked]
 
     async def wait_acked(self, seq: int, timeout: float) -> bool:
         """Wait until everything up to ``seq`` is acked (True) or ``timeout`` passes."""

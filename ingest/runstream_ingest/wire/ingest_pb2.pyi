@@ -73,27 +73,41 @@ class Heartbeat(_message.Message):
     time: float
     def __init__(self, time: _Optional[float] = ...) -> None: ...
 
+class Lost(_message.Message):
+    __slots__ = ("first_seq", "last_seq", "reason")
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    first_seq: int
+    last_seq: int
+    reason: str
+    def __init__(self, first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ClientMessage(_message.Message):
-    __slots__ = ("open", "batch", "heartbeat")
+    __slots__ = ("open", "batch", "heartbeat", "lost")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     open: Open
     batch: Batch
     heartbeat: Heartbeat
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    lost: Lost
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., lost: _Optional[_Union[Lost, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
-    __slots__ = ("acked_seq", "resumed", "last_step", "run_path")
+    __slots__ = ("acked_seq", "resumed", "last_step", "run_path", "protocol_version")
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     LAST_STEP_FIELD_NUMBER: _ClassVar[int]
     RUN_PATH_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     acked_seq: int
     resumed: bool
     last_step: int
     run_path: str
-    def __init__(self, acked_seq: _Optional[int] = ..., resumed: bool = ..., last_step: _Optional[int] = ..., run_path: _Optional[str] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, acked_seq: _Optional[int] = ..., resumed: bool = ..., last_step: _Optional[int] = ..., run_path: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)

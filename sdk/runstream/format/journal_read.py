@@ -26,6 +26,7 @@ is appending to is safe and sees a prefix of it (a frame being written looks lik
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -46,7 +47,17 @@ from runstream.format.frame import (
 )
 from runstream.format.fs import FileSystem, OsFileSystem
 
-__all__ = ["Damage", "Frame", "FrameHeader", "JournalReader", "ScannedFrame", "read_journal", "scan_segment"]
+__all__ = [
+    "Damage",
+    "Frame",
+    "FrameHeader",
+    "JournalReader",
+    "ScannedFrame",
+    "read_journal",
+    "record_fault",
+    "scan_segment",
+    "split_storable",
+]
 
 CHUNK_SIZE = 1 << 20
 
@@ -336,3 +347,40 @@ class JournalReader:
 def read_journal(directory: str | os.PathLike[str], fs: FileSystem | None = None) -> JournalReader:
     """A reader over the journal in ``directory`` (see ``JournalReader``)."""
     return JournalReader(directory, fs)
+
+
+# --- records a server can never store (docs/protocol.md, "Lost") ----------------------------------
+def record_fault(time: float) -> str | None:
+    """Why no server can store a record with this header, or None.  The one rule both ends apply
+    (the shipper before it sends, the server's ``decode.py`` when it checks a batch): a record's
+    time is a column of every table that keeps records, and must be a finite number.  A record
+    whose body does not suit its kind is no such record: the server keeps it raw."""
+    if not math.isfinite(time):
+        return f"its time is {time!r}, not a finite number"
+    return None
+
+
+def split_storable(batch: bytes) -> list[tuple[int, int, bytes | None, str]]:
+    """A decoded batch cut into runs of consecutive records: ``(first_seq, last_seq, bytes,
+    "")`` for records a server can store (their bytes as they are, a valid batch on their own)
+    and ``(first_seq, last_seq, None, reason)`` for records it never can (``record_fault``).
+    Stops at the first record that does not validate, as ``record.iter_records`` does."""
+    runs: list[tuple[int, int, list[memoryview] | None, str]] = []
+    mv = memoryview(batch)
+    pos, end = 0, len(mv)
+    while end - pos >= records.HEADER_SIZE:
+        length, crc, seq, _kind, _flags, _step, t = records.HEADER.unpack_from(mv, pos)
+        stop = pos + records.HEADER_SIZE + length
+        if stop > end or records.crc32c(mv[pos + records.CRC_START : stop]) != crc:
+            break
+        nxt = min(pos + records.padded(length), end)
+        fault = record_fault(t)
+        if runs and runs[-1][1] == seq - 1 and (runs[-1][2] is None) == (fault is not None):
+            first, _, parts, why = runs[-1]
+            if parts is not None:
+                parts.append(mv[pos:nxt])
+            runs[-1] = (first, seq, parts, why)
+        else:
+            runs.append((seq, seq, None if fault is not None else [mv[pos:nxt]], fault or ""))
+        pos = nxt
+    return [(a, b, None if parts is None else b"".join(parts), why) for a, b, parts, why in runs]

@@ -170,3 +170,120 @@ def item_default(obj: Any) -> Any:
     if tolist is not None and getattr(obj, "ndim", 2) == 1:
         return tolist()  # a 1-d numpy array: a list of numbers
     raise TypeError(type(obj).__name__)
+
+
+# --- limits on what one value may be (docs/ring-format.md, "Limits") ---------------------------
+# Dicts and lists inside one logged row, summary update or config value may nest at most this
+# deep.  Everything downstream (the fold's flatten, the YAML writer of config.yaml, the server's
+# flattening of configs) walks values recursively; a fixed, documented bound keeps them all far
+# from Python's recursion limit, and it is what turns a value that contains itself into an error.
+MAX_DEPTH = 64
+_CONTAINERS = (dict, list, tuple)
+# Key types that unpack to hashable keys and read back as str (``flatten``/the fold ``str`` them);
+# a tuple key would unpack as a list, which no reader can use as a key.
+_KEY_TYPES = (str, int, float)
+
+
+def show_key(key: Any, most: int = 60) -> str:
+    """A key (or key path) for an error message: its repr, cut to ``most`` characters, never
+    raising (a user's ``__repr__`` may)."""
+    try:
+        text = repr(key)
+    except Exception:
+        text = f"<{type(key).__name__} whose repr failed>"
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def check_nesting(data: Any, where: str) -> None:
+    """Raise ``ValueError`` when ``data`` nests dicts/lists more than ``MAX_DEPTH`` deep or contains
+    itself, and ``TypeError`` for a dict key that is not a str (or a number, read back as str);
+    each message names the key path.  The walk recurses at most ``MAX_DEPTH`` levels, so no input
+    can raise ``RecursionError`` here.
+
+    A flat dict of scalars with str keys costs one pass over its items: ``log``'s pure-Python path
+    may call this for any row (the C fast path never does).
+    """
+    try:
+        _walk(data, 0)
+    except _Found as found:
+        found.path.reverse()  # collected while unwinding: innermost first
+        found.objs.reverse()
+        raise found.error(where) from None
+
+
+class _Found(Exception):
+    """What ``_walk`` found, with the keys and containers from the top down to it (collected as
+    the recursion unwinds, so the walk itself keeps no path)."""
+
+    def __init__(self, key: Any = None) -> None:
+        self.key = key  # the bad key; None for nesting too deep
+        self.path: list[Any] = []
+        self.objs: list[Any] = []
+
+    def error(self, where: str) -> TypeError | ValueError:
+        at = _path_text(self.path, where)
+        if self.key is not None:
+            return TypeError(
+                f"runstream.{where}: the key {show_key(self.key)} at {at} is a "
+                f"{type(self.key).__name__}; keys must be str"
+            )
+        ids = [id(o) for o in self.objs]
+        for i, o in enumerate(ids):
+            if o in ids[:i]:  # a container that is one of its own ancestors: a value containing itself
+                first = ids.index(o)
+                return ValueError(
+                    f"runstream.{where}: the value at {_path_text(self.path[:i], where)} is the same "
+                    f"object as the one at {_path_text(self.path[:first], where)}: it contains itself, "
+                    "which cannot be logged"
+                )
+        return ValueError(
+            f"runstream.{where}: the value at {at} is nested more than {MAX_DEPTH} dicts/lists deep; "
+            f"at most {MAX_DEPTH} levels can be logged (flatten it, or log it as a string)"
+        )
+
+
+def _walk(value: Any, depth: int) -> None:
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return
+    if depth >= MAX_DEPTH:
+        found = _Found()
+        found.objs.append(value)
+        raise found
+    is_dict = isinstance(value, dict)
+    for k, v in items:
+        if is_dict and type(k) is not str and not (isinstance(k, _KEY_TYPES) or k is None):
+            found = _Found(k)
+            found.objs.append(value)
+            raise found
+        if isinstance(v, _CONTAINERS):
+            try:
+                _walk(v, depth + 1)
+            except _Found as f:
+                f.path.append(k)
+                f.objs.append(value)
+                raise
+
+
+def _path_text(keys: list[Any], where: str) -> str:
+    if not keys:
+        return f"the top level of the {where} data"
+    parts = [str(k) if isinstance(k, (str, int)) else show_key(k) for k in keys]
+    return show_key("/".join(parts), 120)
+
+
+def nested_too_deep(value: Any, depth: int = 0) -> bool:
+    """Whether dicts/lists/tuples inside ``value`` (a dict or list) nest deeper than ``MAX_DEPTH``:
+    the depth half of ``check_nesting`` alone, for a row that packed (so its keys are str and it
+    holds no cycle), at a fraction of the cost.  Exact types only, for speed; recursion stops at
+    ``MAX_DEPTH``."""
+    for v in value.values() if type(value) is dict else value:
+        t = type(v)
+        if (t is dict or t is list or t is tuple) and (
+            depth + 1 >= MAX_DEPTH or nested_too_deep(v, depth + 1)
+        ):
+            return True
+    return False

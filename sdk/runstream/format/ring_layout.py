@@ -31,14 +31,30 @@ W_STEP_REGRESSIONS = 14  # rows dropped because their step went backwards
 W_CLOSED = 16  # byte 128: 1 once the producer has published its last record
 W_TAIL = 24  # byte 192: consumer-owned cache line
 W_SIDECAR_PID = 25
-W_JOURNALED = 26  # records written to the journal
+W_JOURNALED = 26  # records the current sidecar gave the journal writer (each sidecar counts from 0)
 W_JOURNALED_SEQ = 27  # highest seq written to the journal
 W_SYNCED_SEQ = 28  # highest seq covered by a successful fsync
 W_JOURNAL_ERRORS = 29
 W_SKIPPED_BYTES = 30  # ring bytes the consumer gave up on (damage: should never happen)
-W_SIDECAR_LOST = 31  # records sidecars held in memory for a failing disk and lost (exit, kill -9)
+# records sidecars took from the ring and could not journal: held in memory for a failing disk
+# and lost (kill -9), or given up on a disk that stayed full after the producer was gone
+W_SIDECAR_LOST = 31
 W_ACKED_SEQ = 32  # byte 256: highest seq the server has acknowledged (online runs)
 W_FIRST_SEQ = 17  # byte 136: the seq of the producer's first record (1 unless resumed)
+# byte 144: the exit code finish() gave, as exit_word(code); 0: none.  Set before the close, for the
+# sidecar to write the exit record itself when the producer's could not get into the ring.
+W_EXIT = 18
+
+
+def exit_word(code: int) -> int:
+    """``code`` (an int32, clamped) as the W_EXIT word: never 0, which means "no exit"."""
+    return max(min(code, 2**31 - 1), -(2**31)) + 2**31 + 1
+
+
+def exit_code_of(word: int) -> int | None:
+    """The exit code a W_EXIT word holds, or None."""
+    return word - 2**31 - 1 if word else None
+
 
 MIN_CAPACITY = 64 * 1024
 DEFAULT_CAPACITY = 64 * 1024 * 1024

@@ -37,6 +37,7 @@ from runstream_ingest.server.http.util import (
     bad,
     error,
     int_param,
+    json_body,
     json_errors,
     json_param,
     list_param,
@@ -201,10 +202,7 @@ class HttpApi(RunData, FileRoutes):
         _same_origin(request)
         key = None
         if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise bad('the body must be JSON: {"api_key": "rsk_..."}') from None
+            body = await json_body(request, 'JSON: {"api_key": "rsk_..."}')
             if not isinstance(body, dict) or not isinstance(body.get("api_key", ""), str):
                 raise bad("the body must be a JSON object with a string api_key")
             key = body.get("api_key") or None
@@ -325,10 +323,7 @@ class HttpApi(RunData, FileRoutes):
 
     async def patch_run(self, request: web.Request) -> web.Response:
         where = self._where(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise bad("the body must be a JSON object of name, tags and/or notes") from None
+        body = await json_body(request, "a JSON object of name, tags and/or notes")
         changes = _run_changes(body)
         try:
             info = await self._write(self._q().update_run, *where, changes)

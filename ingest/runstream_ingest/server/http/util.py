@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from runstream.format.fold import json_safe
-from runstream_ingest.server.storage.filters import QueryError
+from runstream_ingest.server.storage.filters import QueryError, cap_depth
 from runstream_ingest.server.storage.history.series import Series
 from runstream_ingest.server.storage.interface import RunInfo
 
@@ -118,10 +118,32 @@ def json_param(request: web.Request, name: str) -> Any:
     raw = request.query.get(name)
     if not raw:
         return None
+    return _loads(raw, name)
+
+
+async def json_body(request: web.Request, expected: str) -> Any:
+    """The request's JSON body; a 400 saying ``expected`` when it is not JSON, and saying so when
+    it is nested too deeply to parse."""
+    try:
+        raw = await request.text()
+    except UnicodeDecodeError:
+        raise bad(f"the body must be {expected}, in UTF-8") from None
+    return _loads(raw, "the body", expected)
+
+
+def _loads(raw: str, what: str, expected: str | None = None) -> Any:
     try:
         return json.loads(raw)
+    except RecursionError:
+        # Python's JSON parser recurses once per level: a body of 100,000 "[" is a few hundred
+        # kilobytes and must be the client's error, not the server's.
+        raise bad(
+            f"{what} is nested too deeply to parse (JSON arrays and objects inside each other)"
+        ) from None
     except ValueError as e:
-        raise bad(f"{name} is not valid JSON: {e}") from None
+        raise bad(
+            f"{what} must be {expected}: {e}" if expected else f"{what} is not valid JSON: {e}"
+        ) from None
 
 
 def run_json(info: RunInfo) -> dict[str, Any]:
@@ -144,11 +166,13 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "group": info.group,
         "job_type": info.job_type,
         "notes": info.notes,
-        "config": json_safe(info.config),
-        "summary": json_safe(info.summary),
+        # capped: json_safe and the JSON writers recurse, and one run's value nested hundreds of
+        # levels deep must not fail every page that lists it (docs/http-api.md, "Limits")
+        "config": json_safe(cap_depth(info.config)),
+        "summary": json_safe(cap_depth(info.summary)),
         "last_step": info.last_step,
         "rows": info.row_count,
-        "meta": json_safe(info.meta),
+        "meta": json_safe(cap_depth(info.meta)),
     }
 
 

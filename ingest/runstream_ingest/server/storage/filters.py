@@ -37,6 +37,13 @@ SOURCES = ("config", "summary")
 OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$regex", "$exists")
 MAX_CONDITIONS = 200  # a filter is written by hand or by the UI's builder; more is a mistake
 MAX_REGEX = 1000
+MAX_NESTING = 32  # $and/$or inside each other; the parser recurses once per level
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1  # what SQLite's INTEGER (and a bound parameter) holds
+# Configs and summaries are shown, flattened and sorted on down to this depth; deeper dicts and
+# lists read as CUT_NOTE (docs/http-api.md, "Limits").  The SDK refuses deeper values; older
+# clients may have stored them, and one such run must not break its project's pages.
+MAX_VALUE_DEPTH = 64
+CUT_NOTE = f"<nested deeper than {MAX_VALUE_DEPTH} levels: not shown>"
 
 Scalar = str | int | float | bool | None
 
@@ -108,6 +115,10 @@ def _scalar(field: Field, op: str, v: Any) -> Scalar:
         except ValueError:
             raise QueryError(f"{field} {op}: {v!r} is not a number of seconds nor an ISO 8601 time") from None
         return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    if isinstance(v, int) and not isinstance(v, bool) and not I64_MIN <= v <= I64_MAX:
+        raise QueryError(
+            f"{field} {op}: {v} does not fit a 64-bit integer (use a float for a value this large)"
+        )
     if v is None or isinstance(v, str | int | float | bool):
         return v
     raise QueryError(f"{field} {op} takes a number, string, bool or null, not {type(v).__name__}")
@@ -143,11 +154,13 @@ def parse_filter(spec: Any) -> Node | None:
     if spec is None:
         return None
     count = [0]
-    node = _parse(spec, count, "filters")
+    node = _parse(spec, count, "filters", 0)
     return None if isinstance(node, All) and not node.parts else node
 
 
-def _parse(spec: Any, count: list[int], where: str) -> Node:
+def _parse(spec: Any, count: list[int], where: str, depth: int) -> Node:
+    if depth > MAX_NESTING:
+        raise QueryError(f"a filter may nest $and/$or at most {MAX_NESTING} levels deep")
     if not isinstance(spec, dict):
         raise QueryError(f"{where} must be an object of conditions, not {type(spec).__name__}")
     parts: list[Node] = []
@@ -155,7 +168,7 @@ def _parse(spec: Any, count: list[int], where: str) -> Node:
         if key in ("$and", "$or"):
             if not isinstance(v, list) or not v:
                 raise QueryError(f"{key} takes a non-empty list of filters")
-            subs = tuple(_parse(s, count, f"an item of {key}") for s in v)
+            subs = tuple(_parse(s, count, f"an item of {key}", depth + 1) for s in v)
             parts.append(All(subs) if key == "$and" else Any_(subs))
             continue
         if isinstance(key, str) and key.startswith("$"):
@@ -198,3 +211,44 @@ def parse_group(text: str) -> Field:
     if f.source == "tags":
         raise QueryError("runs cannot be grouped by tags; filter on a tag instead")
     return f
+
+
+# --- values read back -------------------------------------------------------------------------
+def cap_depth(value: Any, limit: int = MAX_VALUE_DEPTH) -> Any:
+    """``value`` with every dict or list nested more than ``limit`` deep replaced by ``CUT_NOTE``:
+    what the server shows, flattens and serialises, so no stored value can make a reader recurse
+    past Python's (or orjson's) limit.  Iterative; ``value`` itself, uncopied, when nothing is
+    that deep (the common case: a pass that skips scalars)."""
+    if not _deeper_than(value, limit):
+        return value
+    root: list[Any] = [None]
+    stack: list[tuple[Any, int, Any, Any]] = [(value, 0, root, 0)]
+    while stack:
+        src, depth, parent, key = stack.pop()
+        if isinstance(src, dict | list | tuple):
+            if depth >= limit:
+                parent[key] = CUT_NOTE
+                continue
+            if isinstance(src, dict):
+                dst: Any = dict.fromkeys(src)  # the keys now, in order; the values as they come
+                stack.extend((v, depth + 1, dst, k) for k, v in src.items())
+            else:
+                dst = [None] * len(src)
+                stack.extend((v, depth + 1, dst, i) for i, v in enumerate(src))
+            parent[key] = dst
+        else:
+            parent[key] = src
+    return root[0]
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list | tuple) else ()
+        for c in children:
+            if isinstance(c, dict | list | tuple):
+                if depth + 1 >= limit:
+                    return True
+                stack.append((c, depth + 1))
+    return False

@@ -38,6 +38,9 @@ RUN_STATES = ("running", "finished", "failed", "crashed")
 # Rows whose step does not exceed the run's last stored step are not stored (steps are the row
 # key); how many were refused is shown in the summary under this key, like the SDK's own counter.
 SERVER_REGRESSIONS_KEY = "_runstream/server_step_regressions"
+# Records a writer declared lost (``BatchWrite.lost``: journal damage on the client, records the
+# server refused as unstorable), summed over the run's writers and shown in the summary.
+SERVER_LOST_KEY = "_runstream/server_lost_records"
 
 # Kinds kept outside the run's history (proto/runstream/v1/ingest.proto).
 KIND_SYSTEM = rec.KIND_SYSTEM
@@ -78,6 +81,16 @@ class BadBatch(StorageError):
     """A batch whose records do not match its announced seq range."""
 
 
+class UnstorableBatch(BadBatch):
+    """Storing this batch failed in a way storing it again cannot mend (a constraint, a value out
+    of the database's range, a bug on these bytes): not the storage's trouble (a full disk), so
+    not to be retried.  The client may declare its records lost (docs/protocol.md, "Lost")."""
+
+    def __init__(self, message: str, first_seq: int, last_seq: int) -> None:
+        super().__init__(message)
+        self.first_seq, self.last_seq = first_seq, last_seq
+
+
 # --- results -----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class OpenedRun:
@@ -98,6 +111,9 @@ class BatchWrite:
     first_seq: int
     last_seq: int
     records: Sequence[rec.Record]
+    # Not None: no records; the writer declares first_seq..last_seq lost, for this reason.  They
+    # are admitted like a batch's (duplicate, overlap, gap), counted, and never stored later.
+    lost: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +121,7 @@ class StoreResult:
     duplicate: bool  # every record was already stored; nothing was written
     acked_seq: int  # everything of this writer up to here is durable
     stored: int = 0  # records newly stored by this call
+    lost: int = 0  # seqs newly counted as lost by this call (a ``BatchWrite.lost``)
 
 
 @dataclass(slots=True)
@@ -397,6 +414,7 @@ class RunFold:
     exit: dict[str, Any] | None = None
     exit_time: float | None = None
     regressions: int = 0
+    lost: int = 0  # seqs the run's writers declared lost (SERVER_LOST_KEY)
     dirty: set[str] = field(default_factory=set)
 
     def apply(self, r: rec.Record) -> bool:
@@ -413,12 +431,22 @@ class RunFold:
                 self.meta.update(edits)
                 self.meta[self.EDITED] = edits
             if self.start_time is None:
-                self.start_time = v.get("start_time", r.time)
+                start = v.get("start_time", r.time)
+                # Not a time (a string, an int past a double): the record's own time is the run's
+                # start, rather than the batch failing at every _runtime and never being stored.
+                self.start_time = start if _is_time(start) else r.time
             self.dirty.add("meta")
         elif k == rec.KIND_CONFIG and isinstance(v, dict):
             self.config.update(v)
             self.dirty.add("config")
         elif k == rec.KIND_SUMMARY and isinstance(v, dict):
+            sets, dels = v.get("set", {}), v.get("del", [])
+            if (
+                not isinstance(sets, dict)
+                or not isinstance(dels, list)
+                or not all(isinstance(d, str) for d in dels)
+            ):
+                return False  # kept raw: folding it would fail the batch at every try
             unpinned = dict.fromkeys(self.unpinned)
             for key, val in flatten(v.get("set", {})).items():
                 self.pinned[key] = val
@@ -462,14 +490,25 @@ class RunFold:
                 out[key] = self.stats[name]
         if self.regressions:
             out[SERVER_REGRESSIONS_KEY] = self.regressions
+        if self.lost:
+            out[SERVER_LOST_KEY] = self.lost
         return out
+
+    def add_lost(self, n: int) -> None:
+        self.lost += n
+        self.dirty.add("summary")
 
     def exit_state(self) -> tuple[str, int | None]:
         """(state, exit_code) from the EXIT record, as ``RunState.state`` derives it."""
         assert self.exit is not None
         code = self.exit.get("exit_code")
         state = str(self.exit.get("state") or ("finished" if code == 0 else "failed"))
-        return state, code if isinstance(code, int) else None
+        # An exit code SQLite cannot hold (past 64 bits) is no exit code, not a batch that fails.
+        return state, code if isinstance(code, int) and -(2**63) <= code < 2**63 else None
+
+
+def _is_time(t: Any) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and abs(t) < 1e300 and math.isfinite(t)
 
 
 # --- the read side of the dashboard (sqlite/query.py, history/series.py) ---------------

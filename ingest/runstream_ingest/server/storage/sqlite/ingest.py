@@ -14,6 +14,7 @@ storage's one writer thread.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Sequence
 from operator import attrgetter, itemgetter
@@ -28,11 +29,13 @@ from runstream_ingest.server.storage.interface import (
     KIND_CONSOLE,
     KIND_FILE,
     KIND_SYSTEM,
+    BadBatch,
     BatchWrite,
     RunFold,
     SequenceGap,
     StorageError,
     StoreResult,
+    UnstorableBatch,
     check_batch,
     run_path,
 )
@@ -50,6 +53,11 @@ from runstream_ingest.server.storage.sqlite.schema import (
 
 if TYPE_CHECKING:
     from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
+
+log = logging.getLogger("runstream.server.storage")
+# The run's count of lost seqs (RunFold.lost) lives in its ``stats`` blob under this key, which no
+# STATS record may set (the blob's other keys are the SDK's counters, latest value wins).
+LOST_STATS = "_server_lost_records"
 
 
 def store_batches(store: SqliteStorage, batches: Sequence[BatchWrite]) -> list[StoreResult | Exception]:
@@ -79,15 +87,24 @@ def _store_alone(store: SqliteStorage, c: sqlite3.Connection, b: BatchWrite) -> 
     c.execute("SAVEPOINT batch")
     try:
         result, rid, todo = _admit(store, c, b)
-        if todo:
-            _apply(store, c, rid, b.writer_id, todo)
+        if todo or result.lost:
+            _apply(store, c, rid, b.writer_id, todo, result.lost)
         return result
     except Exception as e:
         store._rollback_to("batch")
-        if isinstance(e, sqlite3.Error):
-            what = f"{b.first_seq}..{b.last_seq} of run {run_path(b.entity, b.project, b.run_id)}"
-            e = StorageError(f"storing batch {what} writer {b.writer_id}: {e}")
-        return e
+        if isinstance(e, StorageError):  # SequenceGap, BadBatch, RunNotFound: as they are
+            return e
+        what = f"batch {b.first_seq}..{b.last_seq} of run {run_path(b.entity, b.project, b.run_id)}"
+        what += f" writer {b.writer_id}"
+        if isinstance(e, (OSError, MemoryError)):
+            return e  # the machine's trouble: storing the same batch again may well succeed
+        if isinstance(e, sqlite3.OperationalError):
+            # The database's trouble (a full disk, an I/O error, a lock): likewise retried.
+            return StorageError(f"storing {what}: {e}")
+        # Anything else fails again on these bytes (a constraint, a value SQLite cannot hold, a
+        # bug): retrying would stop this writer for good, so the client is told to go past it.
+        log.exception("cannot store %s", what)
+        return UnstorableBatch(f"{what} cannot be stored: {type(e).__name__}: {e}", b.first_seq, b.last_seq)
     finally:
         c.execute("RELEASE batch")
 
@@ -100,18 +117,19 @@ def _store_run(
     c.execute("SAVEPOINT run")
     try:
         results = []
-        stretches: list[tuple[int, str, list[Sequence[rec.Record]]]] = []
+        stretches: list[tuple[int, str, list[Sequence[rec.Record]], list[int]]] = []
         for b in batches:
             result, rid, todo = _admit(store, c, b)
             results.append(result)
-            if not todo:
+            if not todo and not result.lost:
                 continue
-            if stretches and stretches[-1][1] == b.writer_id:
+            if not (stretches and stretches[-1][1] == b.writer_id):
+                stretches.append((rid, b.writer_id, [], [0]))
+            if todo:
                 stretches[-1][2].append(todo)
-            else:
-                stretches.append((rid, b.writer_id, [todo]))
-        for rid, writer_id, parts in stretches:
-            _apply(store, c, rid, writer_id, join_records(parts))
+            stretches[-1][3][0] += result.lost
+        for rid, writer_id, parts, lost in stretches:
+            _apply(store, c, rid, writer_id, join_records(parts) if parts else (), lost[0])
     except Exception:
         store._rollback_to("run")
         return False
@@ -131,7 +149,10 @@ def _admit(
         b.entity, b.project, b.run_id, b.writer_id, b.first_seq, b.last_seq
     )  # fmt: skip
     path = run_path(entity, project, run_id)
-    check_batch(path, first_seq, last_seq, b.records)
+    if b.lost is None:
+        check_batch(path, first_seq, last_seq, b.records)
+    elif first_seq < 1 or last_seq < first_seq:
+        raise BadBatch(f"run {path}: lost seq range {first_seq}..{last_seq} is empty or starts below 1")
     rid = store._need_run(c, entity, project, run_id)
     row = c.execute(
         "SELECT acked_seq FROM writers WHERE run = ? AND writer_id = ?", (rid, writer_id)
@@ -141,6 +162,18 @@ def _admit(
         return StoreResult(True, acked), rid, ()
     if first_seq > acked + 1:
         raise SequenceGap(path, writer_id, acked + 1, first_seq)
+    if b.lost is not None:
+        # Declared lost: only the seqs above acked count (a resent Lost overlaps itself), the
+        # progress moves past them, and so no record with those seqs is ever stored later.
+        lost = last_seq - max(first_seq, acked + 1) + 1
+        c.execute(
+            "INSERT INTO writers(run, writer_id, acked_seq, opened_at) VALUES (?,?,?,?)"
+            " ON CONFLICT(run, writer_id) DO UPDATE SET acked_seq = excluded.acked_seq",
+            (rid, writer_id, last_seq, store._clock()),
+        )
+        log.warning("run %s writer %s: seqs %d..%d declared lost: %s", path, writer_id,
+                    last_seq - lost + 1, last_seq, b.lost)  # fmt: skip
+        return StoreResult(False, last_seq, 0, lost), rid, ()
     todo = b.records[acked + 1 - first_seq :] if first_seq <= acked else b.records
     try:
         # The dedupe key: the primary key refuses a batch stored before even if the
@@ -161,13 +194,22 @@ def _admit(
 
 
 def _apply(
-    store: SqliteStorage, c: sqlite3.Connection, rid: int, writer_id: str, records: Sequence[rec.Record]
+    store: SqliteStorage,
+    c: sqlite3.Connection,
+    rid: int,
+    writer_id: str,
+    records: Sequence[rec.Record],
+    lost: int = 0,
 ) -> None:
-    """Fold records into the run (inside the caller's transaction)."""
+    """Fold records, and ``lost`` seqs declared lost, into the run (inside the caller's
+    transaction)."""
     (state, ended_by, start, meta, config, latest, pinned, unpinned, stats, last_step, row_count,
      regressions) = c.execute(LOAD_FOLD, (rid,)).fetchone()  # fmt: skip
+    stats = unpack(stats)
     fold = RunFold(unpack(meta), unpack(config), unpack(latest), unpack(pinned), unpack(unpinned),
-                   unpack(stats), start, regressions=regressions)  # fmt: skip
+                   stats, start, regressions=regressions, lost=int(stats.pop(LOST_STATS, 0)))  # fmt: skip
+    if lost:
+        fold.add_lost(lost)
     rows: Sequence[rec.Record] = records
     others: Sequence[rec.Record] = ()
     if isinstance(records, RecordBatch):
@@ -264,7 +306,7 @@ def _save_fold(
     if "summary" in fold.dirty:
         sets.update(
             latest=pack(fold.latest), pinned=pack(fold.pinned), unpinned=pack(fold.unpinned),
-            stats=pack(fold.stats), regressions=fold.regressions, summary=pack(fold.summary()),
+            stats=pack(_stats_blob(fold)), regressions=fold.regressions, summary=pack(fold.summary()),
         )  # fmt: skip
     if "exit" in fold.dirty:
         st, code = fold.exit_state()
@@ -274,6 +316,18 @@ def _save_fold(
     )
     sets["heartbeat_at"] = store._clock()
     c.execute(f"UPDATE runs SET {assign} WHERE id = ?", (*sets.values(), rid))
+
+
+def _is_int64(n: Any) -> bool:
+    # A size past SQLite's 64-bit integers would fail the batch at every try: stored as unknown.
+    return isinstance(n, int) and -(2**63) <= n < 2**63
+
+
+def _stats_blob(fold: RunFold) -> dict[str, Any]:
+    stats = {k: v for k, v in fold.stats.items() if k != LOST_STATS}  # a STATS record cannot set it
+    if fold.lost:
+        stats[LOST_STATS] = fold.lost
+    return stats
 
 
 def _system(
@@ -345,7 +399,7 @@ def _file(store: SqliteStorage, c: sqlite3.Connection, rid: int, r: rec.Record) 
         "ON CONFLICT(run, path) DO UPDATE SET sha256 = coalesce(excluded.sha256, sha256), "
         "size = coalesce(excluded.size, size), policy = coalesce(excluded.policy, policy), "
         "time = max(time, excluded.time)",
-        (rid, body["path"], opt_str(body.get("sha256")), size if isinstance(size, int) else None,
+        (rid, body["path"], opt_str(body.get("sha256")), size if _is_int64(size) else None,
          opt_str(body.get("policy")), r.time),
     )  # fmt: skip
     return True

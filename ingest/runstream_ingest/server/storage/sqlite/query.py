@@ -18,7 +18,7 @@ from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from runstream.format import record as rec
-from runstream_ingest.server.storage.filters import Cond, Field, Node, QueryError
+from runstream_ingest.server.storage.filters import Cond, Field, Node, QueryError, cap_depth
 from runstream_ingest.server.storage.history import chunk_arrays as ca
 from runstream_ingest.server.storage.history import series as sr
 from runstream_ingest.server.storage.history.chunk_arrays import CellCache
@@ -192,7 +192,7 @@ class SqliteQueries:
                 "SELECT config, summary FROM runs WHERE project = ?", (pid[0],)
             ).fetchall()  # fmt: skip
         for cfg, summ in rows:
-            _flat_keys(rec.unpack_body(cfg), "", config, ".")
+            _flat_keys(cap_depth(rec.unpack_body(cfg)), "", config, ".")  # capped: _flat_keys recurses
             summary.update(rec.unpack_body(summ))
         return {"config": sorted(config), "summary": sorted(summary)}
 

@@ -29,7 +29,17 @@ import orjson
 import ormsgpack
 
 from runstream.format import record as rec
-from runstream_ingest.server.storage.filters import All, Any_, Cond, Field, Node, QueryError, SortKey
+from runstream_ingest.server.storage.filters import (
+    MAX_VALUE_DEPTH,
+    All,
+    Any_,
+    Cond,
+    Field,
+    Node,
+    QueryError,
+    SortKey,
+    cap_depth,
+)
 
 COLUMN_SQL = {
     "id": "r.run_id", "name": "r.name", "state": "r.state", "created_at": "r.created_at",
@@ -43,16 +53,20 @@ CACHED_VALUES = 30_000  # (blob, key) -> value per function: ~30 MB at most, a 1
 _SEPARATORS = "./"
 
 
-def lookup(d: Any, path: str) -> Any:
+def lookup(d: Any, path: str, depth: int = 0) -> Any:
     """``d[path]``, else down nested maps where ``path`` splits at "." or "/" (``optimizer.lr``
-    finds ``{"optimizer": {"lr": ...}}``); ``_MISSING`` when nothing matches."""
+    finds ``{"optimizer": {"lr": ...}}``); ``_MISSING`` when nothing matches.  Goes at most
+    ``MAX_VALUE_DEPTH`` maps down: a run's value nested deeper is not looked into (one recursion
+    per level, and the server shows nothing deeper either)."""
     if not isinstance(d, dict):
         return _MISSING
     if path in d:
         return d[path]
+    if depth >= MAX_VALUE_DEPTH:
+        return _MISSING
     for i, ch in enumerate(path):
         if ch in _SEPARATORS and isinstance(d.get(path[:i]), dict):
-            found = lookup(d[path[:i]], path[i + 1 :])
+            found = lookup(d[path[:i]], path[i + 1 :], depth + 1)
             if found is not _MISSING:
                 return found
     return _MISSING
@@ -67,7 +81,8 @@ def _sql_value(v: Any) -> Any:
     if isinstance(v, float):
         return None if math.isnan(v) else v
     if isinstance(v, dict | list | tuple):
-        return orjson.dumps(v, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        # cap_depth: orjson refuses nesting past 255, and a failing SQL function fails the query
+        return orjson.dumps(cap_depth(v), default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     return None
 
 
