@@ -33,17 +33,15 @@ from runstream.format.atomic import write_json_atomic
 from runstream.format.ring_layout import (
     W_ACKED_SEQ,
     W_DROPPED,
-    W_DROPPED_BYTES,
     W_EXIT,
     W_FIRST_SEQ,
     W_JOURNALED_SEQ,
-    W_OVERFLOW_PEAK,
     W_SIDECAR_LOST,
-    W_SKIPPED_BYTES,
     W_STEP_REGRESSIONS,
     W_SYNCED_SEQ,
     RingMap,
     exit_word,
+    loss_counters,
 )
 from runstream.names import new_run_id, new_run_name, validate_run_id
 from runstream.read.local import replay
@@ -749,15 +747,8 @@ def _write_last_words(run_dir: Path, w: memoryview, seq: int, code: int, unjourn
         journal = run_dir / "journal"
         journal.mkdir(exist_ok=True)
         indexes = [i for n in os.listdir(journal) if (i := parse_segment_name(n)) is not None]
-        sidecar_lost = int(w[W_SIDECAR_LOST]) + unjournaled
-        stats = {
-            "dropped_records": int(w[W_DROPPED]),
-            "dropped_bytes": int(w[W_DROPPED_BYTES]),
-            "overflow_peak_bytes": int(w[W_OVERFLOW_PEAK]),
-            "step_regressions": int(w[W_STEP_REGRESSIONS]),
-            "ring_skipped_bytes": int(w[W_SKIPPED_BYTES]),
-            "sidecar_lost_records": sidecar_lost,
-        }
+        stats = loss_counters(w)
+        stats["sidecar_lost_records"] += unjournaled
         now = time.time()
         ended = {"exit_code": code, "state": "finished" if code == 0 else "failed"}
         data = rec.encode(seq, rec.KIND_STATS, 0, now, rec.pack_body(stats), rec.FLAG_SIDECAR)
@@ -777,7 +768,7 @@ def _write_last_words(run_dir: Path, w: memoryview, seq: int, code: int, unjourn
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        w[W_SIDECAR_LOST] = sidecar_lost
+        w[W_SIDECAR_LOST] = stats["sidecar_lost_records"]
         return True
     except OSError:
         return False

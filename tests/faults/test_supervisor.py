@@ -14,9 +14,12 @@ Failures covered:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,12 +54,29 @@ PACED = """
 """
 
 
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The training script is killed and waited for when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def exited_ok(proc: subprocess.Popen[bytes], tmp_path: Path) -> str:
+    """Its stderr, once it is known to have exited 0 (the finish line is in there)."""
+    err = stderr(tmp_path)
+    assert proc.returncode == 0, err
+    return err
+
+
 def test_sidecar_killed_more_than_twenty_times_is_still_restarted_and_nothing_is_lost(
     tmp_path: Path,
 ) -> None:
     proc = script(tmp_path, PACED)
     kills = 0
-    try:
+    with reaped(proc):
         for _ in range(KILLS):
             try:
                 wait_for(lambda: len(sidecars_under(tmp_path)) == 1, 10, "a sidecar to kill")
@@ -69,11 +89,7 @@ def test_sidecar_killed_more_than_twenty_times_is_still_restarted_and_nothing_is
             time.sleep(KILL_GAP)
         (tmp_path / "stop").touch()
         proc.wait(timeout=120)
-    finally:
-        proc.kill()
-        proc.wait()
-    err = stderr(tmp_path)
-    assert proc.returncode == 0, err
+    err = exited_ok(proc, tmp_path)
     logged = int((tmp_path / "logged").read_text())
     data = runstream.read_run(run_dir(tmp_path))
     steps = [r["i"] for r in data.history]
@@ -126,7 +142,7 @@ def test_no_sidecar_can_run_at_finish_and_the_rows_left_in_the_ring_are_counted_
     wrapper.write_text(WRAPPER.format(broken=tmp_path / "broken"))
     wrapper.chmod(0o755)
     proc = script(tmp_path, BROKEN_AT_FINISH.format(wrapper=str(wrapper)))
-    try:
+    with reaped(proc):
         wait_for((tmp_path / "first").exists, 60, "the first rows logged")
         wait_for(lambda: runstream.read_run(run_dir(tmp_path)).history_rows == 1000, 30, "them journaled")
         (tmp_path / "broken").touch()
@@ -135,11 +151,7 @@ def test_no_sidecar_can_run_at_finish_and_the_rows_left_in_the_ring_are_counted_
             victim.wait(5)
         (tmp_path / "more").touch()
         proc.wait(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-    err = stderr(tmp_path)
-    assert proc.returncode == 0, err
+    err = exited_ok(proc, tmp_path)
     data = runstream.read_run(run_dir(tmp_path))
     assert [r["i"] for r in data.history] == list(range(1000))
     assert data.run["state"] == "finished", err[-3000:]  # the exit record is kept

@@ -50,22 +50,18 @@ from runstream.format.frame import CODEC_ZSTD, HEADER_SIZE, TYPE_BATCH, encode_f
 from runstream.format.ring_layout import (
     W_ACKED_SEQ,
     W_CLOSED,
-    W_DROPPED,
-    W_DROPPED_BYTES,
     W_EXIT,
     W_FIRST_SEQ,
     W_HEAD,
     W_JOURNAL_ERRORS,
     W_JOURNALED,
     W_JOURNALED_SEQ,
-    W_OVERFLOW_PEAK,
     W_SIDECAR_LOST,
     W_SIDECAR_PID,
-    W_SKIPPED_BYTES,
-    W_STEP_REGRESSIONS,
     W_SYNCED_SEQ,
     RingMap,
     exit_code_of,
+    loss_counters,
 )
 from runstream_ingest.sidecar.batcher import Batcher, Compressor
 from runstream_ingest.sidecar.journal import JournalWriter
@@ -520,15 +516,7 @@ class Sidecar:
         """The loss counters (and, for a dead producer, its exit) go into the journal as records
         of their own, seq'd after the producer's last one: the producer will write no more."""
         w = self.words
-        stats = {
-            "dropped_records": int(w[W_DROPPED]),
-            "dropped_bytes": int(w[W_DROPPED_BYTES]),
-            "overflow_peak_bytes": int(w[W_OVERFLOW_PEAK]),
-            "step_regressions": int(w[W_STEP_REGRESSIONS]),
-            "ring_skipped_bytes": int(w[W_SKIPPED_BYTES]),
-            "sidecar_lost_records": int(w[W_SIDECAR_LOST]),
-            "companion_dropped_records": self.companion.dropped,
-        }
+        stats = {**loss_counters(w), "companion_dropped_records": self.companion.dropped}
         seq = max(self.journal.last_seq, self.reader.expected - 1 if self.reader.expected else 0) + 1
         now = time.time()
         out = [rec.encode(seq, rec.KIND_STATS, 0, now, rec.pack_body(stats), rec.FLAG_SIDECAR)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from runstream.format.record import ALIGN
@@ -61,6 +62,20 @@ DEFAULT_CAPACITY = 64 * 1024 * 1024
 
 
 MAX_RECORD = 8 * 1024 * 1024  # one record must fit a 16 MiB ingest message with room to spare
+
+
+def loss_counters(words: Sequence[int]) -> dict[str, int]:
+    """The control block's loss and back-pressure counters, named as the STATS record carries
+    them (docs/ring-format.md, "Records"): what the sidecar, or the training process when no
+    sidecar can run, writes into the journal at the end of a run."""
+    return {
+        "dropped_records": int(words[W_DROPPED]),
+        "dropped_bytes": int(words[W_DROPPED_BYTES]),
+        "overflow_peak_bytes": int(words[W_OVERFLOW_PEAK]),
+        "step_regressions": int(words[W_STEP_REGRESSIONS]),
+        "ring_skipped_bytes": int(words[W_SKIPPED_BYTES]),
+        "sidecar_lost_records": int(words[W_SIDECAR_LOST]),
+    }
 
 
 def max_record(capacity: int) -> int:
