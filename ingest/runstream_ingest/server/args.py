@@ -10,6 +10,24 @@ from runstream_ingest.server.auth.keys_cli import DB_NAME, DEFAULT_DATA_DIR, dat
 __all__ = ["DB_NAME", "DEFAULT_DATA_DIR", "DEFAULT_PORT", "add_server_args", "data_dir"]
 
 DEFAULT_PORT = 7780
+DEFAULT_HTTP_MAX_CONNECTIONS = 1000
+DEFAULT_HTTP_HEADER_TIMEOUT = 30.0
+# aiohttp's own default (3,630 s) lets idle sockets pile up; a client whose idle connection was
+# closed just opens another.
+DEFAULT_HTTP_IDLE_TIMEOUT = 75.0
+DEFAULT_MEMORY_BUDGET = 512 << 20
+
+
+def _positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
+    """An argparse type: a number above zero (a zero cap or timeout would shut every client out)."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is not above zero")
+        return value
+
+    return parse
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -32,3 +50,50 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         help="gRPC port to tell clients (when they reach the server through a proxy)",
     )
     p.add_argument("--max-message", type=int, default=16 << 20, help="largest gRPC message in bytes")
+    # Limits on what clients can make the server hold (docs/server-limits.md).
+    p.add_argument(
+        "--http-max-connections",
+        type=_positive(int),
+        default=DEFAULT_HTTP_MAX_CONNECTIONS,
+        help="open HTTP connections at most; past it the oldest idle one is closed, or the new one "
+        f"refused with 503 when none is idle (default {DEFAULT_HTTP_MAX_CONNECTIONS}; lowered to "
+        "leave open files for gRPC when the open-files limit is lower)",
+    )
+    p.add_argument(
+        "--http-header-timeout",
+        type=_positive(float),
+        default=DEFAULT_HTTP_HEADER_TIMEOUT,
+        help=f"seconds a new HTTP connection has to send its first request head "
+        f"(default {DEFAULT_HTTP_HEADER_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--http-idle-timeout",
+        type=_positive(float),
+        default=DEFAULT_HTTP_IDLE_TIMEOUT,
+        help=f"seconds an HTTP keep-alive connection may wait for its next request "
+        f"(default {DEFAULT_HTTP_IDLE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--memory-budget",
+        type=_positive(int),
+        default=DEFAULT_MEMORY_BUDGET,
+        help="bytes that received batches of all streams may hold together, compressed and "
+        f"decompressed, until stored (default {DEFAULT_MEMORY_BUDGET >> 20} MiB); past it streams wait",
+    )
+    # Files kept with runs (docs/files.md, "Who may read a blob"): unset, each comes from its
+    # RUNSTREAM_SERVER_* variable or its default there.
+    p.add_argument(
+        "--max-file-size", type=_positive(int), default=None, help="bytes one file may have (default 64 GiB)"
+    )
+    p.add_argument(
+        "--upload-quota",
+        type=_positive(int),
+        default=None,
+        help="bytes of unfinished uploads one entity may hold (default 64 GiB)",
+    )
+    p.add_argument(
+        "--upload-expiry",
+        type=_positive(float),
+        default=None,
+        help="seconds an unfinished upload may go untouched before it is removed (default 86400)",
+    )

@@ -10,7 +10,9 @@ this process's memory, decides that.
 Batches of all streams meet in the storage writer's queue (``commit.py``), which stores all
 that wait in one group commit.  A stream reads ahead of its acks (``PIPELINE``), so its next batch
 is decoded while one is stored, but only that far: then it stops reading, and HTTP/2 flow
-control holds the client back.
+control holds the client back.  Batches of all streams together are bounded too: each takes its
+size from one shared ``MemoryBudget`` before it is decompressed and gives it back once stored, so
+many streams wait rather than add up (docs/server-limits.md).
 
 Anything malformed ends that stream with a precise status and message; it never raises out of
 the handler, so other streams and the server are untouched.
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +75,54 @@ PIPELINE_BYTES = 16 << 20
 class Limits:
     max_message: int = 16 << 20  # bytes of one gRPC message (also set on the server)
     max_batch: int = 64 << 20  # bytes a batch may inflate to
+    # Bytes that batches of all streams hold together, compressed and decoded, from their check
+    # until they are stored: the per-stream bounds alone (PIPELINE) let many streams together
+    # take gigabytes (docs/server-limits.md).
+    memory_budget: int = 512 << 20
+
+
+class MemoryBudget:
+    """A byte semaphore shared by all streams: a batch takes what it will hold in memory before it
+    is decompressed, and gives it back once stored.  When the budget is spent a stream waits
+    (first come, first served, so a large batch is not starved by small ones), stops reading,
+    and HTTP/2 flow control holds its client back: back-pressure, nothing is lost.
+
+    Concurrency contract: event loop only.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, n: int) -> None:
+        """Take ``n`` bytes (at most ``total``), waiting until they are free."""
+        assert 0 <= n <= self.total
+        if not self._waiters and self.free >= n:
+            self.free -= n
+            return
+        fut = asyncio.get_running_loop().create_future()
+        waiter = (n, fut)
+        self._waiters.append(waiter)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted just before the cancel: give it back
+                self.release(n)
+            else:
+                self._waiters.remove(waiter)
+                self._wake()  # it may have blocked smaller ones behind it
+            raise
+
+    def release(self, n: int) -> None:
+        self.free += n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.free:
+            n, fut = self._waiters.popleft()
+            self.free -= n
+            fut.set_result(None)
 
 
 class Refused(Exception):
@@ -118,7 +170,24 @@ def inflate(codec: int, payload: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-def check_batch(batch: Any, acked: int, limits: Limits) -> Sequence[rec.Record]:
+def memory_cost(codec: int, payload: bytes, max_batch: int, room: int) -> int:
+    """The bytes a batch holds while it waits to be stored: its payload and what that inflates to,
+    as the frame declares it (a bomb counts at the size it claims, up to ``max_batch``, where it
+    is refused), or ``room`` (where the stream decoder stops it) when the frame does not say."""
+    if codec != pb.CODEC_ZSTD:
+        return len(payload)  # stored records are views of the payload itself
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError:
+        declared = 0  # refused by inflate, before anything is decompressed
+    return len(payload) + (room if declared < 0 else min(declared, max_batch))
+
+
+def check_batch(
+    batch: Any, acked: int, limits: Limits, payload: bytes | None = None, max_batch: int | None = None
+) -> Sequence[rec.Record]:
+    """The batch's records, checked; ``payload``: ``batch.payload`` when already read, ``max_batch``:
+    the inflate limit (default ``limits.max_batch``)."""
     first, last = batch.first_seq, batch.last_seq
     if first < 1 or last < first:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"bad seq range {first}..{last}")
@@ -127,10 +196,11 @@ def check_batch(batch: Any, acked: int, limits: Limits) -> Sequence[rec.Record]:
             grpc.StatusCode.FAILED_PRECONDITION,
             f"sequence gap: the server holds this writer up to seq {acked}, the batch starts at {first}",
         )
-    payload = batch.payload  # each read of a bytes field copies it
+    if payload is None:
+        payload = batch.payload  # each read of a bytes field copies it
     if rec.crc32c(payload) != batch.crc32c:
         raise Refused(grpc.StatusCode.DATA_LOSS, f"checksum mismatch in batch {first}..{last}")
-    data = inflate(batch.codec, payload, limits.max_batch)
+    data = inflate(batch.codec, payload, limits.max_batch if max_batch is None else max_batch)
     try:
         records = decode_batch(data, first, last)
     except Unstorable as e:
@@ -174,6 +244,7 @@ class IngestService(pb_grpc.IngestServicer):
         self.limits = limits
         self.on_stored = on_stored
         self.batches = 0
+        self.budget = MemoryBudget(limits.memory_budget)
 
     async def Stream(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -316,12 +387,15 @@ class _Pipeline:
                     b = msg.lost
                     check_lost(b, self.expected)
                     records: Sequence[rec.Record] = ()
+                    charge = 0
                     write = BatchWrite(*where, b.first_seq, b.last_seq, (), lost=b.reason[:MAX_REASON])
                 else:
                     b = msg.batch
-                    records = check_batch(b, self.expected, s.limits)
+                    records, charge = await self.admit(b)
                     write = BatchWrite(*where, b.first_seq, b.last_seq, records)
                 fut = s.writer.submit(write)
+                if charge:  # the budget comes back when the batch is stored (or failed)
+                    fut.add_done_callback(functools.partial(_give_back, s.budget, charge))
                 self.sizes[fut] = n = _size(records)
                 self.size += n
                 self.queue.put_nowait(fut)
@@ -331,6 +405,37 @@ class _Pipeline:
             raise
         except BaseException as e:  # after the acks of the batches before it
             self.queue.put_nowait(e)
+
+    async def admit(self, b: Any) -> tuple[Sequence[rec.Record], int]:
+        """A batch checked and decoded within the shared memory budget: its records, and the bytes
+        of the budget it holds until stored.  Waits while the budget is spent; a batch that could
+        never fit in it is refused."""
+        s = self.service
+        budget = s.budget
+        payload = b.payload  # each read of a bytes field copies it: read once
+        # A batch may not inflate past what the budget leaves beside its payload.
+        limit = max(0, min(s.limits.max_batch, budget.total - len(payload)))
+        cost = memory_cost(b.codec, payload, s.limits.max_batch, limit)
+        if cost > budget.total:
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"batch {b.first_seq}..{b.last_seq} needs {cost} bytes of memory, more than the "
+                f"server's whole memory budget of {budget.total} bytes (--memory-budget)",
+            )
+        await budget.acquire(cost)
+        try:
+            records = check_batch(b, self.expected, s.limits, payload, limit)
+        except BaseException:
+            budget.release(cost)
+            raise
+        # What an undeclared frame really took, now known: the rest goes back at once.
+        held = min(cost, len(payload) + (_size(records) if b.codec == pb.CODEC_ZSTD else 0))
+        budget.release(cost - held)
+        return records, held
+
+
+def _give_back(budget: MemoryBudget, n: int, _: object) -> None:
+    budget.release(n)
 
 
 def _size(records: Sequence[rec.Record]) -> int:
