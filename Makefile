@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python bench/log_latency.py
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/campaign.py
 	$(BIN)/python bench/query_latency.py
 	$(BIN)/python bench/context_overhead.py
 	$(BIN)/python bench/file_upload.py
