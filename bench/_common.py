@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,31 @@ def emit(
     else:
         print(text)
     return 1 if check and not out["all_pass"] else 0
+
+
+# --- faults both fault benchmarks inject --------------------------------------------------------
+class Skip(Exception):
+    """A fault (or scenario) cannot run on this machine; the message says why."""
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``where`` (tests/support/disk.py), unmounted afterwards; Skip where
+    none can be mounted."""
+    from tests.support.disk import CannotMount, small_tmpfs
+
+    try:
+        with small_tmpfs(where, size) as mnt:
+            yield mnt
+    except CannotMount as e:
+        raise Skip(str(e)) from None
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 20, 4096, 1):
+            block = bytes(size)
+            with contextlib.suppress(OSError):
+                while f.write(block):
+                    pass

@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ from tests.support.proxy import Proxy
 from tests.support.server import ServerProc, start_server
 
 import runstream
-from _common import emit, machine, print_targets
+from _common import Skip, emit, fill, machine, print_targets, small_disk
 from runstream.format.fold import LOSS_KEYS, STATS_KEYS
 from runstream.read.api import NotFoundError
 
@@ -124,41 +123,6 @@ t0 = time.monotonic()
 runstream.finish()
 emit("finished", finish_s=time.monotonic() - t0)
 """
-
-
-class Skip(Exception):
-    """The fault cannot run here; the message says why."""
-
-
-@contextlib.contextmanager
-def small_disk(where: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` at ``where``, unmounted (lazily if still busy) afterwards."""
-    if os.geteuid() != 0:
-        raise Skip("mounting a small tmpfs needs root")
-    where.mkdir(parents=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        raise Skip(f"cannot mount a tmpfs: mount exited {r.returncode}: {r.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        if subprocess.run(["umount", str(where)], check=False, capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write ``path`` until its file system is full."""
-    with open(path, "wb", buffering=0) as f:
-        for size in (1 << 20, 4096, 1):
-            block = bytes(size)
-            with contextlib.suppress(OSError):
-                while f.write(block):
-                    pass
 
 
 class Campaign:

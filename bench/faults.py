@@ -25,12 +25,10 @@ Prints text, then the figures as one JSON object on the last line (or into ``--j
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,18 @@ from tests.support.proxy import Proxy
 from tests.support.server import ServerProc, start_server
 
 import runstream
-from _common import arg_parser, emit, load_case, machine, median_of, print_targets, record_case
+from _common import (
+    Skip,
+    arg_parser,
+    emit,
+    fill,
+    load_case,
+    machine,
+    median_of,
+    print_targets,
+    record_case,
+    small_disk,
+)
 from runstream.read.api import NotFoundError
 
 TRAIN = """
@@ -78,42 +87,6 @@ t0 = time.perf_counter()
 runstream.finish()
 emit("finished", rows=step, finish_s=time.perf_counter() - t0)
 """
-
-
-class Skip(Exception):
-    """The scenario cannot run here; the message says why."""
-
-
-@contextlib.contextmanager
-def small_disk(where: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size``, unmounted (lazily if still busy) afterwards."""
-    if os.geteuid() != 0:
-        raise Skip("mounting a small tmpfs needs root")
-    mnt = where / "disk"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        raise Skip(f"cannot mount a tmpfs: mount exited {r.returncode}: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False, capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write ``path`` until its file system is full."""
-    with open(path, "wb", buffering=0) as f:
-        for size in (1 << 20, 4096, 1):
-            block = bytes(size)
-            with contextlib.suppress(OSError):
-                while f.write(block):
-                    pass
 
 
 class Scenario:
@@ -174,7 +147,7 @@ class DiskFull(Scenario):
     def __init__(self, tmp: Path, p: dict[str, Any]) -> None:
         super().__init__(tmp, p)
         self.stack = contextlib.ExitStack()
-        self.run_root = self.stack.enter_context(small_disk(tmp, p["disk"]))
+        self.run_root = self.stack.enter_context(small_disk(tmp / "disk", p["disk"]))
         self.filler = self.run_root / "filler"
 
     def inject(self) -> None:

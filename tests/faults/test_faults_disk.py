@@ -22,7 +22,6 @@ import os
 import random
 import re
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import runstream
 from runstream.format import record as rec
 from runstream.format.fold import LOSS_KEYS, STATS_KEYS
 from runstream.format.ring_layout import W_DROPPED, W_HEAD, W_JOURNAL_ERRORS, W_SIDECAR_PID, W_TAIL
+from tests.support.disk import CannotMount, small_tmpfs
 from tests.support.procs import (
     Script,
     alive,
@@ -97,23 +97,11 @@ emit("finished", rows=step, max_log=max_log)
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real tmpfs of ``DISK`` bytes, unmounted (lazily if still busy) at teardown."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(mnt)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: mount exited {r.returncode}: {r.stderr.strip()}")
     try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], check=False, capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], check=True)
+        with small_tmpfs(tmp_path / "disk", str(DISK)) as mnt:
+            yield mnt
+    except CannotMount as e:
+        pytest.skip(str(e))
 
 
 def fill(path: Path) -> int:
