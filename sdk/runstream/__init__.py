@@ -99,21 +99,48 @@ run: Run | DisabledRun | None = None  # the active run, or None
 config: Config | _PreInitConfig = _PreInitConfig()  # run.config; before init, says to call init
 summary: Summary | DisabledSummary | None = None  # run.summary, or None
 
+_MEDIA = ("Audio", "Histogram", "Html", "Image", "Molecule", "Object3D", "Plotly", "Table", "Video")
+_SUBMODULES = ("plot", "sklearn")
+
+
+def __getattr__(name: str) -> Any:
+    """``runstream.Image`` and the other media types, and ``runstream.plot``/``sklearn``: loaded
+    on first use, so ``import runstream`` does not import numpy."""
+    if name in _MEDIA:
+        import runstream.media
+
+        return getattr(runstream.media, name)
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"runstream.{name}")
+    raise AttributeError(f"module 'runstream' has no attribute {name!r}")
+
+
 __all__ = [
     "Api",
     "ApiError",
+    "Audio",
     "ConfigError",
     "ConflictError",
     "Error",
+    "Histogram",
+    "Html",
+    "Image",
     "InvalidRequestError",
+    "Molecule",
     "NotFoundError",
+    "Object3D",
     "PermissionDeniedError",
+    "Plotly",
     "RecordTooLargeError",
     "Run",
     "RunData",
     "SettingsError",
+    "Table",
     "UnauthorizedError",
     "UsageError",
+    "Video",
     "config",
     "finish",
     "init",

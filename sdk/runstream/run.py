@@ -44,8 +44,40 @@ _time = time.time
 _ROW = rec.KIND_ROW  # a global lookup, not an attribute lookup, on the hot path
 # ormsgpack writes the same bytes as msgpack.Packer(default=item_default, use_bin_type=True)
 # (tests/format/test_records.py checks it) at 2-3x the speed.  Positional arguments: keywords cost ~40 ns.
-_packb, _default, _PACK_OPT = ormsgpack.packb, rec.item_default, ormsgpack.OPT_NON_STR_KEYS
+_packb, _PACK_OPT, _item_default = ormsgpack.packb, ormsgpack.OPT_NON_STR_KEYS, rec.item_default
 _NATIVE, _too_deep, _MAX_DEPTH = _ring.NATIVE, rec.nested_too_deep, rec.MAX_DEPTH
+
+
+def _default(obj: Any) -> Any:
+    """msgpack's fallback for a row's values: scalars with ``.item()`` as themselves; arrays and
+    tensors as W&B stores them (a list up to 32 values, else a 32-bin histogram:
+    ``runstream.media``, which imports numpy, is loaded only when a row holds one)."""
+    if getattr(obj, "ndim", 0):
+        from runstream.media.pack import row_default
+
+        return row_default(obj)
+    return _item_default(obj)
+
+
+def _wants_media(data: Mapping[Any, Any]) -> bool:
+    """Whether a row that did not pack holds media or values ``log`` converts (the slow path's
+    question; loads ``runstream.media`` only for rows that failed to pack)."""
+    from runstream.media.pack import needs_convert
+
+    try:
+        return any(needs_convert(v) for v in data.values())
+    except RecursionError:
+        return False
+
+
+def _media_check_default(obj: Any) -> Any:
+    """The validating pack's fallback: media objects pass (packed later, at commit)."""
+    from runstream.media.base import Media
+    from runstream.media.chart import CustomChart
+
+    if isinstance(obj, (Media, CustomChart)):
+        return None
+    return _default(obj)
 
 
 def bad_value_error(data: Mapping[Any, Any], where: str = "log") -> TypeError | ValueError:
@@ -378,6 +410,9 @@ class Run(_RunBase):
                 # any other key takes the checked path below, which refuses keys no reader can use.
                 body = _packb(data, _default)
             except (TypeError, ValueError, OverflowError):
+                if _wants_media(data):  # media, a DataFrame, a figure, an int past 64 bits...
+                    self._log_slow(data, step, commit)
+                    return
                 body = self._pack_unusual(data)
             else:
                 # Only rows the C fast path declined (nested or unusual values) get here, so the
@@ -415,7 +450,9 @@ class Run(_RunBase):
         try:
             _packb(dict(data), _default, _PACK_OPT)
         except (TypeError, ValueError, OverflowError):
-            raise bad_value_error(data) from None
+            if not _wants_media(data):
+                raise bad_value_error(data) from None
+            data = self._convert_media(data)
         if step is not None:
             if isinstance(step, bool) or not hasattr(step, "__index__"):
                 raise TypeError(f"runstream.log: step must be an int, not {type(step).__name__}")
@@ -434,6 +471,21 @@ class Run(_RunBase):
         if commit is not False:
             self._commit_pending()
 
+    def _convert_media(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The row with media kept and W&B's conversions made (``runstream.media.pack``); raises
+        naming the key of a value neither media nor loggable.  Nothing is pushed yet."""
+        from runstream.media.base import Media
+        from runstream.media.chart import CustomChart
+        from runstream.media.pack import convert_value
+
+        flat = {k: convert_value(k, v) for k, v in flatten(dict(data)).items()}
+        try:
+            _packb(flat, _media_check_default, _PACK_OPT)
+        except (TypeError, ValueError, OverflowError):
+            plain = {k: v for k, v in flat.items() if not isinstance(v, (Media, CustomChart, list))}
+            raise bad_value_error(plain) from None
+        return flat
+
     def _merge(self, data: Mapping[str, Any]) -> None:
         flat = flatten(dict(data))
         if self._pending is None:
@@ -444,11 +496,32 @@ class Run(_RunBase):
     def _commit_pending(self) -> None:
         if self._pending is None:
             return
-        body = _packb(self._pending, _default, _PACK_OPT)
+        t = _time()
+        try:
+            body = _packb(self._pending, _default, _PACK_OPT)
+        except TypeError:  # media: its MEDIA records go into the ring first, then the row
+            body = self._media_packer().pack_row(self._pending, self._step, t)
         self._pending = None
-        self._push(rec.KIND_ROW, self._step, _time(), body)
+        self._push(rec.KIND_ROW, self._step, t, body)
         self._last_body = body
         self._step += 1
+
+    def _media_packer(self) -> Any:
+        packer = getattr(self, "_media", None)
+        if packer is None:
+            from runstream.format.ring_layout import max_record
+            from runstream.media.pack import MediaPacker
+
+            ring = self._writer.ring
+            packer = self._media = MediaPacker(
+                self._dir,
+                self._push,
+                ring.words,
+                max_record(ring.capacity),
+                self._settings.media_spill_size,
+                lambda cfg: self._emit(rec.KIND_CONFIG, cfg),
+            )
+        return packer
 
     def _step_regression(self, step: int) -> None:
         if self._settings.step_regression == "raise":

@@ -71,6 +71,7 @@ class Settings:
     host: str | None = None  # ingest server address; None: local only
     ring_size: int = 64 * MiB  # bytes of shared memory between the SDK and the sidecar
     overflow_size: int = 64 * MiB  # bytes buffered in-process when the ring is full; 0: none
+    media_spill_size: int = 1024 * MiB  # bytes of media waiting on disk for the sidecar; 0: none
     batch_bytes: int = 1 * MiB  # the sidecar closes a batch at this size ...
     batch_age: float = 0.1  # ... or when its oldest record is this many seconds old
     fsync: str = "group"  # "group" | "always" | "never"
@@ -242,6 +243,7 @@ _CHECKERS: dict[str, Checker] = {
     "host": _text(optional=True),
     "ring_size": _size(64 * KiB, multiple=8),  # records are 8-aligned in the ring
     "overflow_size": _size(0),
+    "media_spill_size": _size(0),
     "batch_bytes": _size(1),
     "batch_age": _seconds(positive=False),
     "fsync": _choice("group", "always", "never"),

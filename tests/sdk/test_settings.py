@@ -33,7 +33,7 @@ def test_defaults(tmp_path: Path) -> None:
         False, "auto", False, False, False,
     )  # fmt: skip
     assert s.ignore_globs == ()
-    assert len(Settings.names()) == 29
+    assert len(Settings.names()) == 30
 
 
 def test_context_capture_settings_read_runstream_and_wandb_environment(

@@ -65,7 +65,8 @@ from runstream.format.ring_layout import (
 )
 from runstream_ingest.sidecar.batcher import Batcher, Compressor
 from runstream_ingest.sidecar.journal import JournalWriter
-from runstream_ingest.sidecar.ring_reader import RingReader
+from runstream_ingest.sidecar.media.stage import MediaStage
+from runstream_ingest.sidecar.ring_reader import RingReader, Span
 from runstream_ingest.sidecar.shipper import Identity, Shipper
 from runstream_ingest.sidecar.sources.companion import (
     COMPANION_RESUME,
@@ -145,6 +146,7 @@ class Sidecar:
             self.companion_shipper = Shipper(companion_dir(run_dir), cident, opts.url, key)
             self.companion.on_cut.append(self.companion_shipper.wake)
         self.sources: list[Source] = self.make_sources()
+        self.media = MediaStage(run_dir, self.words, self._upload_media)
         self._source_tasks: list[asyncio.Task[None]] = []
         self._companion_shipping: asyncio.Task[None] | None = None
 
@@ -154,6 +156,9 @@ class Sidecar:
         lost = first_seq - self._next_seq
         log.error("records %d..%d were lost with an earlier sidecar", self._next_seq, first_seq - 1)
         self.words[W_SIDECAR_LOST] = self.words[W_SIDECAR_LOST] + lost
+
+    def _upload_media(self, rel: str) -> None:
+        self.files.request({"path": rel, "policy": "now"})
 
     def _acked(self, seq: int) -> None:
         self.words[W_ACKED_SEQ] = seq
@@ -166,6 +171,7 @@ class Sidecar:
         payload = self.compressor.compress(batch.data)
         frame = encode_frame(TYPE_BATCH, CODEC_ZSTD, batch.first_seq, batch.last_seq, payload)
         self.journal.append(frame, batch.first_seq, batch.last_seq)
+        self.media.journaled()
         self._to_summarise(batch.data)
         if self.shipper is not None:
             self.shipper.wake()
@@ -281,17 +287,28 @@ class Sidecar:
                 self._lost_gap(span.first_seq)
             if span.count:
                 self._next_seq = span.last_seq + 1
+            if self.media.wants(span):
+                span = self._encode_media(span)
             self.batcher.add(span)
             n += span.count
             if span.control:
                 self.handle_control(span.control)
-            if self.batcher.size >= self.batcher.max_bytes:
+            # Never between a MEDIA record and its row (media/stage.py): both stay in the ring.
+            if self.batcher.size >= self.batcher.max_bytes and not self.media.waiting:
                 self.cut()
-        if self.batcher.due():
+        if self.batcher.due() and not self.media.waiting:
             self.cut()
         if self.companion.due():
             self.companion.cut()
         return n
+
+    def _encode_media(self, span: Span) -> Span:
+        try:
+            return self.media.rewrite(span)
+        except Exception:  # a bug here must not stop the journal: the records go in as they came
+            self.record_failed(span.first_seq, rec.KIND_MEDIA, "encoding media in")
+            self.media.waiting = False
+            return span
 
     def producer_alive(self) -> bool:
         # Reparenting is the instant signal that the producer (our parent) died.  Under a wrapper

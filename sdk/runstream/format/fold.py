@@ -27,9 +27,11 @@ STATS_KEYS = {
     "step_regressions": "_runstream/step_regressions",
     "ring_skipped_bytes": "_runstream/ring_skipped_bytes",
     "sidecar_lost_records": "_runstream/sidecar_lost_records",
+    "dropped_media": "_runstream/dropped_media",
+    "media_errors": "_runstream/media_errors",
 }
 # Counters that are records lost (the rest describe pressure, not loss).
-LOSS_KEYS = ("dropped_records", "step_regressions", "sidecar_lost_records")
+LOSS_KEYS = ("dropped_records", "step_regressions", "sidecar_lost_records", "dropped_media", "media_errors")
 
 
 # strict_map_key=False: keys are always str here, and skipping the check is ~30% faster
@@ -37,11 +39,12 @@ unpack_fast = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False
 
 
 def flatten(d: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts become ``a/b`` keys, as W&B shows them."""
+    """Nested dicts become ``a/b`` keys, as W&B shows them.  A dict with a ``"_type"`` key is a
+    typed value (a media pointer, a histogram: docs/media.md) and stays whole."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and "_type" not in v:
             out.update(flatten(v, key + "/"))
         else:
             out[key] = v

@@ -44,6 +44,10 @@ KIND_EXIT = 6  # the run ended: {"exit_code": int, "state": str}
 KIND_SYSTEM = 7  # a system-metrics sample: {"system/cpu": 12.5, ...} (the sidecar's companion writer)
 KIND_CONSOLE = 8  # console output: {"stream": "stdout" | "stderr", "lines": [str, ...]}
 KIND_FILE = 9  # a file kept with the run: {"path", "policy"}; once uploaded also {"sha256", "size"}
+# A logged media object (docs/media.md): from the SDK its raw payload, which the sidecar encodes
+# and replaces, before the journal, with {"id", "key", "pointer" | "error"}; the row after it holds
+# {"_rs_media": id} where the media goes, which the sidecar replaces with the pointer.
+KIND_MEDIA = 10
 
 KIND_NAMES = {
     KIND_PAD: "pad",
@@ -56,6 +60,7 @@ KIND_NAMES = {
     KIND_SYSTEM: "system",
     KIND_CONSOLE: "console",
     KIND_FILE: "file",
+    KIND_MEDIA: "media",
 }
 
 # The sidecar's own writer (system metrics, console, environment, files) is a second writer of the
@@ -65,6 +70,7 @@ COMPANION_WRITER_SUFFIX = ".companion"
 
 # flags
 FLAG_SIDECAR = 0x01  # written by the sidecar on the producer's behalf (e.g. the crash exit record)
+FLAG_MEDIA_DONE = 0x02  # a MEDIA record the sidecar has encoded: its body is msgpack
 
 crc32c = _crc32c.crc32c
 

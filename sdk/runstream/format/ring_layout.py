@@ -29,6 +29,8 @@ W_DROPPED_BYTES = 11
 W_OVERFLOW_BYTES = 12  # bytes waiting in the overflow right now
 W_OVERFLOW_PEAK = 13
 W_STEP_REGRESSIONS = 14  # rows dropped because their step went backwards
+W_MEDIA_DROPPED = 15  # media values dropped in the producer (spill bound reached, unreadable file)
+W_MEDIA_STAGED = 19  # bytes of media payload the producer staged on disk (docs/media.md, "Spill")
 W_CLOSED = 16  # byte 128: 1 once the producer has published its last record
 W_TAIL = 24  # byte 192: consumer-owned cache line
 W_SIDECAR_PID = 25
@@ -41,6 +43,8 @@ W_SKIPPED_BYTES = 30  # ring bytes the consumer gave up on (damage: should never
 # and lost (kill -9), or given up on a disk that stayed full after the producer was gone
 W_SIDECAR_LOST = 31
 W_ACKED_SEQ = 32  # byte 256: highest seq the server has acknowledged (online runs)
+W_MEDIA_FREED = 33  # bytes of staged media the sidecar has consumed (encoded and journaled)
+W_MEDIA_FAILED = 34  # media the sidecar could not encode (bad data, a staged file gone)
 W_FIRST_SEQ = 17  # byte 136: the seq of the producer's first record (1 unless resumed)
 # byte 144: the exit code finish() gave, as exit_word(code); 0: none.  Set before the close, for the
 # sidecar to write the exit record itself when the producer's could not get into the ring.
@@ -75,6 +79,8 @@ def loss_counters(words: Sequence[int]) -> dict[str, int]:
         "step_regressions": int(words[W_STEP_REGRESSIONS]),
         "ring_skipped_bytes": int(words[W_SKIPPED_BYTES]),
         "sidecar_lost_records": int(words[W_SIDECAR_LOST]),
+        "dropped_media": int(words[W_MEDIA_DROPPED]),
+        "media_errors": int(words[W_MEDIA_FAILED]),
     }
 
 

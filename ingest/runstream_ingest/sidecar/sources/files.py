@@ -173,6 +173,8 @@ class FileUploader:
                 if ok:
                     self.done.pop(rel, None)
                     await self._upload(rel, policy, deadline)
+            elif policy == "now":  # a file the sidecar wrote itself (a media file): upload it now
+                await self._upload(rel, policy, deadline)
         now = time.monotonic()
         for rel, policy in list(self.policies.items()):
             if policy == "live" and not final and self._live_due(rel, now):
