@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 EDITABLE = ("name", "tags", "notes")
 RESERVED = ("_step", "_timestamp", "_runtime")
 KEYS_PER_REQUEST = 50  # the server's limit per series request
+MAX_PAGE = 10_000  # the server's most rows per history page
 
 
 class Runs:
@@ -183,6 +184,12 @@ class ApiRun:
         buckets, hence more rows).  A key with no more than ``samples`` points comes back
         exactly, one row per point.  For every row as logged, use :meth:`scan_history`.
 
+        Values that are not numbers (media pointers such as ``{"_type": "image-file", ...}``,
+        histograms, tables, strings) cannot be averaged: of each key, at most ``samples`` of
+        them come back as logged, evenly spaced over the rows holding them (the first and the
+        last always), each in the row of its own ``x_axis`` value.  Reading them scans the rows
+        that hold them (one request per 10,000).
+
         Args:
             keys: The history keys to fetch.  Default: every key of the run (one request more).
             samples: The most buckets per key.
@@ -204,7 +211,12 @@ class ApiRun:
         if keys is None:
             keys = [k for k in self.history_keys() if k not in RESERVED and k != x_axis]
         by_x: dict[Any, dict[str, Any]] = {}
-        for key, s in self.series(keys, samples, x_axis).items():
+        got = self.series(keys, samples, x_axis)
+        summary = self._data.get("summary") or {}
+        # Keys the series cannot chart (no numeric point), or whose last value is not a number:
+        # their other values (media pointers, strings...) are read as logged.
+        others = [k for k in keys if not (got.get(k) or {}).get("x") or not _is_number(summary.get(k, 0))]
+        for key, s in got.items():
             for i, x in enumerate(s["x"]):
                 row = by_x.setdefault(x, {x_axis: x})
                 mean = s["mean"][i]
@@ -212,6 +224,8 @@ class ApiRun:
                 if stats:
                     row[f"{key}:min"], row[f"{key}:max"] = s["min"][i], s["max"][i]
                     row[f"{key}:count"] = s["count"][i]
+        if others:
+            self._sample_others(others, samples, x_axis, by_x)
         rows = [by_x[x] for x in sorted(by_x)]
         if pandas:
             try:
@@ -220,6 +234,30 @@ class ApiRun:
                 return rows
             return pd.DataFrame(rows, columns=[x_axis, *_columns(keys, stats)])
         return rows
+
+    def _sample_others(
+        self, keys: Sequence[str], samples: int, x_axis: str, by_x: dict[Any, dict[str, Any]]
+    ) -> None:
+        """Into ``by_x``: of each key's values that are not numbers, at most ``samples``, evenly
+        spaced over its rows (the first and the last always), each at its row's ``x_axis``."""
+        found: dict[str, list[tuple[Any, Any]]] = {k: [] for k in keys}
+        for i in range(0, len(keys), KEYS_PER_REQUEST):
+            part = keys[i : i + KEYS_PER_REQUEST]
+            for row in self.scan_history(keys=part, page_size=MAX_PAGE):
+                x = row.get(x_axis)
+                for k in part:
+                    if k in row and not _is_number(row[k]):
+                        found[k].append((x, row[k]))
+        for k, points in found.items():
+            n = len(points)
+            if n > samples:
+                points = (
+                    [points[(i * (n - 1)) // (samples - 1)] for i in range(samples)]
+                    if samples > 1
+                    else points[-1:]
+                )
+            for x, v in points:
+                by_x.setdefault(x, {x_axis: x})[k] = v
 
     def scan_history(
         self,
@@ -284,6 +322,11 @@ class ApiRun:
             max_time=max_time,
         )
         return list(got["samples"])
+
+
+def _is_number(v: Any) -> bool:
+    """A value the server charts (a bool, an int, a float; None and NaN included)."""
+    return v is None or isinstance(v, int | float)
 
 
 def _columns(keys: Sequence[str], stats: bool) -> list[str]:

@@ -46,6 +46,7 @@ SERVER_LOST_KEY = "_runstream/server_lost_records"
 KIND_SYSTEM = rec.KIND_SYSTEM
 KIND_CONSOLE = rec.KIND_CONSOLE
 KIND_FILE = rec.KIND_FILE
+KIND_MEDIA = rec.KIND_MEDIA  # not kept: its pointer is in the row after it (docs/media.md)
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from runstream_ingest.server.storage.history import columns as cl
 from runstream_ingest.server.storage.interface import (
     KIND_CONSOLE,
     KIND_FILE,
+    KIND_MEDIA,
     KIND_SYSTEM,
     BadBatch,
     BatchWrite,
@@ -235,6 +236,12 @@ def _apply(
             elif k == KIND_FILE:
                 if not _file(store, c, rid, r):
                     raw.append((r, "malformed body"))
+            elif k == KIND_MEDIA:
+                # An index of what the sidecar encoded: its pointer is already in the row after
+                # it (docs/media.md), so there is nothing to keep.  One the sidecar did not encode
+                # (no FLAG_MEDIA_DONE) should never come: kept raw, as nothing logged is lost.
+                if not r.flags & rec.FLAG_MEDIA_DONE:
+                    raw.append((r, "media record not encoded by the sidecar"))
             else:
                 raw.append((r, f"unknown kind {k}"))
     chunk_rows: list[tuple[Any, ...]] = []
