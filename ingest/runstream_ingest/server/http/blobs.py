@@ -395,14 +395,25 @@ class FileRoutes:
             raise error(409, "FAILED_PRECONDITION", f"file {path!r} of run {where} is not uploaded yet "
                         "(an offline run's files arrive with `runstream sync`)")  # fmt: skip
         name = urllib.parse.quote(path.rsplit("/", 1)[-1])
+        # Media the dashboard shows (docs/media.md) by their type, inline; everything else --
+        # HTML above all, which would run in the dashboard's origin -- as a download.
+        kind = INLINE_TYPES.get(os.path.splitext(path)[1].lower())
         return web.FileResponse(
             blob,
             headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Disposition": f"attachment; filename*=UTF-8''{name}",
+                "Content-Type": kind or "application/octet-stream",
+                "Content-Disposition": f"{'inline' if kind else 'attachment'}; filename*=UTF-8''{name}",
+                "X-Content-Type-Options": "nosniff",
                 "X-Runstream-Sha256": str(found.sha256),
             },
         )
+
+
+INLINE_TYPES = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp", ".gif": "image/gif",
+    ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "audio/ogg", ".wav": "audio/wav",
+    ".mp3": "audio/mpeg", ".flac": "audio/flac", ".json": "application/json",
+}  # fmt: skip
 
 
 def add_routes(app: web.Application, api: FileRoutes) -> None:

@@ -199,5 +199,45 @@ export const api = {
     }).then((d) => d.samples),
   files: (e, p, id) => req("GET", `${runBase(e, p, id)}/files`).then((d) => d.files),
 
+  /** Every history row of `keys` from `minStep` on (all pages): the media panels' values. */
+  async history(e, p, id, { keys, minStep, pageSize = 1000 } = {}) {
+    const rows = [];
+    let next = minStep;
+    for (;;) {
+      const d = await req("GET", `${runBase(e, p, id)}/history`, {
+        query: { keys: keys && keys.join(","), min_step: next, page_size: pageSize },
+      });
+      rows.push(...d.rows);
+      if (d.next_min_step == null || !d.rows.length) return rows;
+      next = d.next_min_step;
+    }
+  },
+  /** The URL of a run file's content (media files: <img>, <video>, <audio> and fetch read it). */
+  fileUrl: (e, p, id, path) => `${runBase(e, p, id)}/files/${String(path).split("/").map(enc).join("/")}`,
+  /** A run file's content as text (HTML, JSON), or an ApiError. */
+  async fileText(e, p, id, path) {
+    let r;
+    try {
+      r = await fetch(api.fileUrl(e, p, id, path), { credentials: "same-origin" });
+    } catch (err) {
+      throw new ApiError(0, "UNAVAILABLE", `the server did not answer (${err.message})`);
+    }
+    if (!r.ok) {
+      const data = await r.json().catch(() => null);
+      throw new ApiError(r.status, data?.error || `HTTP_${r.status}`, data?.message || `${path}: HTTP ${r.status}`);
+    }
+    return r.text();
+  },
+  /** A run file's JSON.  Python's json writes NaN and Infinity bare, which JSON.parse refuses:
+   * those tokens (outside strings) are read as the numbers. */
+  fileJson: (e, p, id, path) =>
+    api.fileText(e, p, id, path).then((t) => {
+      try {
+        return JSON.parse(t);
+      } catch {
+        return revive(JSON.parse(t.replace(/([:\[,]\s*)(-?Infinity|NaN)(?=\s*[,\]}])/g, '$1"$2"')));
+      }
+    }),
+
   eventsUrl: (e, p, ids) => `/api/v1/events/${enc(e)}/${enc(p)}` + qs({ runs: ids && ids.join(",") }),
 };

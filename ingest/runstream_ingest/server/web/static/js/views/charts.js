@@ -39,7 +39,8 @@ function buckets() {
 async function chartKeys(entity, project, run) {
   const k = await api.runKeys(entity, project, run.id).catch(() => null);
   const keys = k ?? Object.keys(run.summary || {}).filter((key) => typeof run.summary[key] === "number");
-  return keys.filter((key) => !key.startsWith("_"));
+  const summary = run.summary || {};
+  return keys.filter((key) => !key.startsWith("_") && !(summary[key] && typeof summary[key] === "object" && typeof summary[key]._type === "string"));
 }
 
 /** runs: [{id, label, color}]; keys: metric keys in display order.  Returns {el, refresh(ids, run), destroy()}. */

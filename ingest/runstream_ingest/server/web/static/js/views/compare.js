@@ -6,8 +6,7 @@ import { api } from "../api.js";
 import { color, fieldValue, flatten, fmtValue, h } from "../dom.js";
 import { watch } from "../live.js";
 import * as url from "../url.js";
-import { chartKeys } from "./run.js";
-import { chartsView } from "./charts.js";
+import { chartKeys, chartsAndMedia } from "./run.js";
 
 export function mount(root, route) {
   const [, entity, project] = route.parts;
@@ -43,7 +42,7 @@ export function mount(root, route) {
     head.append(h("label", { class: "muted" }, "colour by ", sel));
     const keyLists = await Promise.all(runs.map((r) => chartKeys(entity, project, r)));
     const keys = [...new Set(keyLists.flat())];
-    charts = chartsView(entity, project, shown, keys);
+    charts = chartsAndMedia(entity, project, shown.map((s, i) => ({ ...s, json: runs[i] })), keys);
     content.replaceChildren(...(missing ? [h("p", { class: "error" }, `${missing} of the selected runs no longer exist.`)] : []), charts.el);
     stop = watch(entity, project, runs.map((r) => r.id), (changed) => {
       if (changed || runs.some((r) => r.state === "running")) charts.refresh(changed);

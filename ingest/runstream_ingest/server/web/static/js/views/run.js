@@ -6,6 +6,7 @@ import { color, flatten, fmtDuration, fmtTime, fmtValue, h, runtime } from "../d
 import { watch } from "../live.js";
 import * as url from "../url.js";
 import { chartsView } from "./charts.js";
+import { isMedia, mediaKeys, mediaView } from "./media.js";
 import { consoleTab, filesTab, systemTab } from "./runtabs.js";
 
 const TABS = [
@@ -47,7 +48,7 @@ export function mount(root, route) {
     }
     drawHead();
     if (tab === "overview") child = overview(entity, project, run, (r) => ((run = r), drawHead()));
-    else if (tab === "charts") child = chartsView(entity, project, [{ id, label: run.name || id, color: color(0) }], await chartKeys(entity, project, run));
+    else if (tab === "charts") child = chartsAndMedia(entity, project, [{ id, label: run.name || id, color: color(0), json: run }], await chartKeys(entity, project, run));
     else if (tab === "system") child = systemTab(entity, project, run);
     else if (tab === "console") child = consoleTab(entity, project, run);
     else child = filesTab(entity, project, run);
@@ -73,11 +74,42 @@ export function mount(root, route) {
   };
 }
 
-/** The run's chartable keys: its history keys in logged order (else its numeric summary keys). */
+/** The run's chartable keys: its history keys in logged order (else its numeric summary keys),
+ * less those holding media (images, tables...: media.js draws them). */
 export async function chartKeys(entity, project, run) {
   const k = await api.runKeys(entity, project, run.id).catch(() => null);
   const keys = k ?? Object.keys(run.summary || {}).filter((key) => typeof run.summary[key] === "number");
-  return keys.filter((key) => !key.startsWith("_"));
+  return keys.filter((key) => !key.startsWith("_") && !isMedia(run.summary?.[key]));
+}
+
+/** The charts tab (and compare): metric charts, then the media panels of the same runs.
+ * runs: [{id, label, color, json}].  A media key a live run logs later rebuilds the media part. */
+export function chartsAndMedia(entity, project, runs, keys) {
+  const media = () => mediaView(entity, project, runs.map((r) => ({ ...r })));
+  let m = media();
+  const charts = keys.length || m.empty ? chartsView(entity, project, runs, keys) : null;
+  const el = h("div", { class: "charts-media" }, charts ? charts.el : null, m.el);
+  return {
+    el,
+    async refresh(changed, run) {
+      for (const r of runs) {
+        const j = changed ? changed.get(r.id) : run && run.id === r.id ? run : null;
+        if (j) r.json = j;
+      }
+      if (charts) charts.refresh(changed, run);
+      const now = new Set(runs.flatMap((r) => mediaKeys(r.json)));
+      if ([...now].some((k) => !m.keys.includes(k))) {
+        m.destroy();
+        const next = media();
+        m.el.replaceWith(next.el);
+        m = next;
+      } else m.refresh(changed, run);
+    },
+    destroy() {
+      if (charts) charts.destroy();
+      m.destroy();
+    },
+  };
 }
 
 function kvTable(obj, testid) {
