@@ -93,7 +93,8 @@ def test_keys_become_safe_paths() -> None:
 @given(cut=st.integers(min_value=0, max_value=400), flip=st.integers(min_value=0, max_value=255))
 def test_damaged_media_records_are_counted_never_fatal(tmp_path: Path, cut: int, flip: int) -> None:
     words = Words()
-    img = runstream.Image(np.arange(48, dtype=np.uint8).reshape(4, 4, 3), masks={"m": {"mask_data": np.eye(4)}})
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    img = runstream.Image(pixels, masks={"m": {"mask_data": np.eye(4)}})
     t = runstream.Table(columns=["a", "img"], data=[[1, img]])
     records = sdk_records(tmp_path, words, {"img": img, "t": t, "x": 1})
     damaged = []

@@ -410,7 +410,8 @@ class FileRoutes:
 
 
 INLINE_TYPES = {
-    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp", ".gif": "image/gif",
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".bmp": "image/bmp",
+    ".gif": "image/gif",
     ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "audio/ogg", ".wav": "audio/wav",
     ".mp3": "audio/mpeg", ".flac": "audio/flac", ".json": "application/json",
 }  # fmt: skip
