@@ -65,6 +65,7 @@ bench: install
 	$(BIN)/python bench/query_latency.py
 	$(BIN)/python bench/context_overhead.py
 	$(BIN)/python bench/file_upload.py
+	$(BIN)/python bench/media.py
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py

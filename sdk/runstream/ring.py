@@ -38,7 +38,7 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runstream.errors import RecordTooLargeError
 from runstream.format.record import CRC_START, HEADER, HEADER_SIZE, KIND_PAD, crc32c
@@ -109,8 +109,19 @@ class PyRingWriter:
         if self._overflow or size > self._max or not self._put(kind, step, t, body, size):
             self._queue(kind, step, t, body, size)
 
-    def _put(self, kind: int, step: int, t: float, body: bytes, size: int) -> bool:
-        """Place one record, wrapping and re-reading ``tail`` as needed; False when no room."""
+    def push_parts(self, kind: int, step: int, t: float, parts: list[Any]) -> None:
+        """``push`` of a record whose body is ``parts`` (bytes-like, one after another), copied
+        straight into the ring: a media payload is not first joined into one more copy.  The
+        overflow, when it is needed, gets the joined bytes."""
+        views = [memoryview(p).cast("B") if not isinstance(p, bytes) else p for p in parts]
+        n = sum(len(v) for v in views)
+        size = (HEADER_SIZE + 7 + n) & -8
+        if self._overflow or size > self._max or not self._put(kind, step, t, views, size):
+            self._queue(kind, step, t, b"".join(views), size)
+
+    def _put(self, kind: int, step: int, t: float, body: bytes | list[Any], size: int) -> bool:
+        """Place one record, wrapping and re-reading ``tail`` as needed; False when no room.
+        ``body`` is the bytes, or a list of byte views to copy in one after another."""
         cap = self._cap
         head = self._head
         pos = head % cap
@@ -126,10 +137,14 @@ class PyRingWriter:
                 self._pack_into(data, pos, 0, 0, self._seq, KIND_PAD, 0, 0, 0.0)
                 self._pack_crc(data, pos + 4, crc32c(data[pos + CRC_START : pos + HEADER_SIZE]))
             pos = 0
-        n = len(body)
+        parts = body if isinstance(body, list) else (body,)
+        n = sum(len(p) for p in parts)
+        # The header first: a bad argument (a kind past 255...) raises before a byte is written.
         self._pack_into(data, pos, n, 0, self._seq, kind, 0, step, t)
-        end = pos + HEADER_SIZE + n
-        data[pos + HEADER_SIZE : end] = body
+        end = pos + HEADER_SIZE
+        for part in parts:
+            data[end : end + len(part)] = part
+            end += len(part)
         self._pack_crc(data, pos + 4, crc32c(data[pos + CRC_START : end]))
         self._seq += 1
         self._head = head + need

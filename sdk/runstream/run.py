@@ -264,6 +264,7 @@ class Run(_RunBase):
         self._push = writer.push
         self._step = start_step
         self._pending: dict[str, Any] | None = None
+        self._pending_media = False  # the pending row holds media (runstream.media.pack)
         self._last_body: bytes | None = None
         self._regression_warned = False
         self._finished = False
@@ -411,7 +412,7 @@ class Run(_RunBase):
                 body = _packb(data, _default)
             except (TypeError, ValueError, OverflowError):
                 if _wants_media(data):  # media, a DataFrame, a figure, an int past 64 bits...
-                    self._log_slow(data, step, commit)
+                    self._log_slow(data, step, commit, media=True)
                     return
                 body = self._pack_unusual(data)
             else:
@@ -441,17 +442,22 @@ class Run(_RunBase):
     if not TYPE_CHECKING and _ring.NATIVE:
         del log  # RunCore.log
 
-    def _log_slow(self, data: Any, step: Any, commit: bool | None) -> None:
+    def _log_slow(self, data: Any, step: Any, commit: bool | None, media: bool = False) -> None:
+        """``log`` for what the fast path does not take; ``media``: the row is known to hold
+        media or values ``log`` converts (the caller asked ``_wants_media``)."""
         if self._finished:
             raise UsageError(f"run {self._id} is finished; call runstream.init() to start another run")
         if not isinstance(data, Mapping):
             raise TypeError(f"runstream.log takes a dict of metrics, not {type(data).__name__}")
         rec.check_nesting(dict(data), "log")  # before _merge's flatten, which recurses
-        try:
-            _packb(dict(data), _default, _PACK_OPT)
-        except (TypeError, ValueError, OverflowError):
-            if not _wants_media(data):
-                raise bad_value_error(data) from None
+        if not media:
+            try:
+                _packb(dict(data), _default, _PACK_OPT)
+            except (TypeError, ValueError, OverflowError):
+                if not _wants_media(data):
+                    raise bad_value_error(data) from None
+                media = True
+        if media:
             data = self._convert_media(data)
         if step is not None:
             if isinstance(step, bool) or not hasattr(step, "__index__"):
@@ -463,11 +469,11 @@ class Run(_RunBase):
             if step > self._step:
                 self._commit_pending()
                 self._step = step
-            self._merge(data)
+            self._merge(data, media)
             if commit:
                 self._commit_pending()
             return
-        self._merge(data)
+        self._merge(data, media)
         if commit is not False:
             self._commit_pending()
 
@@ -486,7 +492,11 @@ class Run(_RunBase):
             raise bad_value_error(plain) from None
         return flat
 
-    def _merge(self, data: Mapping[str, Any]) -> None:
+    def _merge(self, data: Mapping[str, Any], media: bool = False) -> None:
+        """Merge into the pending row; ``media``: ``data`` holds media, so the row's commit
+        packs it with ``runstream.media.pack``."""
+        if media:
+            self._pending_media = True
         flat = flatten(dict(data))
         if self._pending is None:
             self._pending = flat
@@ -497,10 +507,14 @@ class Run(_RunBase):
         if self._pending is None:
             return
         t = _time()
-        try:
-            body = _packb(self._pending, _default, _PACK_OPT)
-        except TypeError:  # media: its MEDIA records go into the ring first, then the row
+        if self._pending_media:  # its MEDIA records go into the ring first, then the row
+            self._pending_media = False
             body = self._media_packer().pack_row(self._pending, self._step, t)
+        else:
+            try:
+                body = _packb(self._pending, _default, _PACK_OPT)
+            except TypeError:  # media merged by a path that did not say so: pack it as media
+                body = self._media_packer().pack_row(self._pending, self._step, t)
         self._pending = None
         self._push(rec.KIND_ROW, self._step, t, body)
         self._last_body = body
@@ -515,7 +529,7 @@ class Run(_RunBase):
             ring = self._writer.ring
             packer = self._media = MediaPacker(
                 self._dir,
-                self._push,
+                self._writer.push_parts,
                 ring.words,
                 max_record(ring.capacity),
                 self._settings.media_spill_size,

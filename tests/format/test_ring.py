@@ -24,6 +24,7 @@ from runstream.format.ring_layout import (
     W_DROPPED,
     W_OVERFLOW_PEAK,
     W_SKIPPED_BYTES,
+    W_TAIL,
     RingMap,
 )
 from runstream.ring import RingWriter
@@ -298,5 +299,52 @@ def test_two_processes_move_a_million_records_intact_and_in_order() -> None:
     finally:
         proc.kill()
         proc.wait()
+        ring.close()
+        path.unlink()
+
+
+def test_release_frees_only_up_to_a_span_and_never_moves_the_tail_back() -> None:
+    """Spans held back for their media stay in the ring until their own batch is journaled."""
+    path = ring_file()
+    ring = RingMap.create(path, MIN_CAPACITY)
+    try:
+        writer = RingWriter(ring, overflow_limit=0)
+        reader = RingReader(RingMap.attach(path))
+        writer.push(rec.KIND_ROW, 0, 0.0, b"a" * 100)
+        (first,) = reader.poll(1 << 20)
+        writer.push(rec.KIND_ROW, 1, 0.0, b"b" * 100)
+        (held,) = reader.poll(1 << 20)
+        reader.release(first.end)
+        assert ring.words[W_TAIL] == first.end < held.end == reader.cursor
+        reader.release(0)  # a span from before: the tail stays
+        assert ring.words[W_TAIL] == first.end
+        reader.release(held.end)
+        assert ring.words[W_TAIL] == held.end
+    finally:
+        ring.close()
+        path.unlink()
+
+
+def test_push_parts_writes_the_same_record_as_push_of_the_joined_body() -> None:
+    path = ring_file()
+    ring = RingMap.create(path, MIN_CAPACITY)
+    try:
+        writer = RingWriter(ring, overflow_limit=1 << 20)
+        reader = RingReader(RingMap.attach(path))
+        parts = [b"head", memoryview(bytes(range(200))), bytearray(b"tail")]
+        joined = b"".join(bytes(p) for p in parts)
+        got: list[rec.Record] = []
+        for i in range(1000):  # laps the 64 KiB ring: wraps, and the overflow when the reader lags
+            writer.push_parts(rec.KIND_MEDIA, i, 1.5, parts)
+            if i % 300 == 0:
+                got += read_all(reader)
+                reader.release()
+        while not writer.drain_overflow() or reader.pending:
+            got += read_all(reader)
+            reader.release()
+        assert [r.step for r in got] == list(range(1000))
+        assert all(r.body == joined and r.kind == rec.KIND_MEDIA and r.time == 1.5 for r in got)
+        assert ring.words[W_DROPPED] == 0
+    finally:
         ring.close()
         path.unlink()

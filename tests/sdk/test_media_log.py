@@ -254,3 +254,19 @@ def test_a_bad_value_names_its_key_and_nothing_of_the_call_is_logged(tmp_path: P
     run.log({"ok": 1})
     (row,) = finished(run).history
     assert row["ok"] == 1 and "img" not in row
+
+
+def test_media_rows_follow_the_step_rules(tmp_path: Path) -> None:
+    def img(v: int) -> Any:
+        return runstream.Image(np.full((2, 2), v, np.uint8))
+
+    run = offline(tmp_path)
+    run.log({"a": img(1)}, commit=False)
+    run.log({"x": 1.0}, step=3)  # commits the pending media row at step 0; x pends at 3
+    run.log({"b": img(2)}, step=5)  # commits x at 3; b pends at 5
+    run.log({"c": img(3)}, commit=False)  # merges into step 5
+    rows = finished(run).history  # finish commits step 5
+    assert [r["_step"] for r in rows] == [0, 3, 5]
+    assert rows[0]["a"]["_type"] == "image-file" and rows[1]["x"] == 1.0
+    assert read_pixels(media_file(run, rows[2]["b"]))[0, 0] == 2
+    assert read_pixels(media_file(run, rows[2]["c"]))[0, 0] == 3

@@ -498,3 +498,22 @@ def test_any_uint8_image_round_trips(out: FakeOut, h: int, w: int, c: int | None
 
 def test_png_level_is_a_fast_one() -> None:
     assert 1 <= PNG_LEVEL <= 6
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    h=st.integers(1, 33),
+    w=st.integers(1, 33),
+    c=st.sampled_from([None, 2, 3, 4]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_runstreams_own_png_writer_is_read_back_exactly_by_pillow(
+    h: int, w: int, c: int | None, seed: int
+) -> None:
+    from runstream_ingest.sidecar.media.encode_image import png_bytes
+
+    shape = (h, w) if c is None else (h, w, c)
+    arr = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    with Image.open(io.BytesIO(png_bytes(arr))) as im:
+        assert im.mode == {None: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
+        assert np.array_equal(np.asarray(im), arr)

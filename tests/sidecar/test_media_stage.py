@@ -27,7 +27,10 @@ class Words(dict[int, int]):
 def sdk_records(run_dir: Path, words: Words, row: dict[str, Any], step: int = 0) -> list[rec.Record]:
     """What the SDK pushes for ``row``: its MEDIA records, then the row."""
     pushed: list[tuple[int, int, float, bytes]] = []
-    packer = MediaPacker(run_dir, lambda *r: pushed.append(r), words, 8 << 20, 1 << 30, lambda cfg: None)
+    def push(kind: int, step: int, t: float, parts: list[Any]) -> None:
+        pushed.append((kind, step, t, b"".join(parts)))
+
+    packer = MediaPacker(run_dir, push, words, 8 << 20, 1 << 30, lambda cfg: None)
     body = packer.pack_row(row, step, 1.0)
     pushed.append((rec.KIND_ROW, step, 1.0, body))
     return [rec.Record(i + 1, k, 0, s, t, b) for i, (k, s, t, b) in enumerate(pushed)]

@@ -23,6 +23,7 @@ class Batch:
     count: int
     first_seq: int
     last_seq: int
+    end: int = 0  # the ring reader's cursor past the batch's last record (RingReader.release)
 
 
 class Batcher:
@@ -36,6 +37,7 @@ class Batcher:
         self._first = 0
         self._last = 0
         self._opened = 0.0
+        self._end = 0
 
     def add(self, span: Span) -> None:
         if not span.count:
@@ -47,6 +49,7 @@ class Batcher:
         self.size += len(span.data)
         self.count += span.count
         self._last = span.last_seq
+        self._end = span.end
 
     def due(self) -> bool:
         """A batch should be cut now: it is full, or its oldest record has waited long enough."""
@@ -60,7 +63,7 @@ class Batcher:
     def cut(self) -> Batch | None:
         if not self.count:
             return None
-        batch = Batch(b"".join(self._parts), self.count, self._first, self._last)
+        batch = Batch(b"".join(self._parts), self.count, self._first, self._last, self._end)
         self._parts = []
         self.size = self.count = 0
         return batch

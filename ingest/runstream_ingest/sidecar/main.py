@@ -93,6 +93,7 @@ JOURNAL_RESERVE = 64 << 10
 # the run would lose its metadata or read as crashed.  Rows (and file requests) are counted lost.
 KEEP_ON_GIVE_UP = frozenset({rec.KIND_RUN, rec.KIND_CONFIG, rec.KIND_SUMMARY, rec.KIND_EXIT})
 SUMMARY_BACKLOG = 256 << 20  # bytes of journaled batches waiting to be folded into the summary
+MEDIA_HELD_MAX = 64 << 20  # bytes of spans waiting for their media to be encoded (media/stage.py)
 SUMMARY_SLICE = 0.004  # seconds of summary folding per caught-up pass
 
 
@@ -175,7 +176,9 @@ class Sidecar:
         self._to_summarise(batch.data)
         if self.shipper is not None:
             self.shipper.wake()
-        self.reader.release()  # the journal has it now (on disk, or in its memory while disk fails)
+        # The journal has it now (on disk, or in its memory while disk fails); spans held for
+        # their media after it stay in the ring.
+        self.reader.release(batch.end)
         self.journaled += batch.count
         w = self.words
         w[W_JOURNALED] = self.journaled
@@ -282,33 +285,49 @@ class Sidecar:
         n = 0
         # At most what the open batch has room for (a whole record at least), so a batch keeps
         # near batch_bytes even when the sidecar is behind: the journal's frame size is the user's.
-        for span in self.reader.poll(max(self.batcher.room(), 1)):
+        # Spans held for their media (media/stage.py) stay in the ring meanwhile; past this many
+        # bytes the sidecar reads no more until the encoders catch up, and the ring buffers.
+        budget = max(self.batcher.room(), 1) if self.media.held_bytes < MEDIA_HELD_MAX else 0
+        for span in self.reader.poll(budget) if budget else ():
             if span.count and span.first_seq > self._next_seq:
                 self._lost_gap(span.first_seq)
             if span.count:
                 self._next_seq = span.last_seq + 1
-            if self.media.wants(span):
-                span = self._encode_media(span)
-            self.batcher.add(span)
             n += span.count
             if span.control:
                 self.handle_control(span.control)
-            # Never between a MEDIA record and its row (media/stage.py): both stay in the ring.
-            if self.batcher.size >= self.batcher.max_bytes and not self.media.waiting:
-                self.cut()
+            if self.media.wants(span):
+                self._hold_media(span)
+            else:
+                self._batch(span)
+        self._media_ready()
         if self.batcher.due() and not self.media.waiting:
             self.cut()
         if self.companion.due():
             self.companion.cut()
         return n
 
-    def _encode_media(self, span: Span) -> Span:
+    def _batch(self, span: Span) -> None:
+        self.batcher.add(span)
+        # Never between a MEDIA record and its row (media/stage.py): both stay in the ring.
+        if self.batcher.size >= self.batcher.max_bytes and not self.media.waiting:
+            self.cut()
+
+    def _hold_media(self, span: Span) -> None:
         try:
-            return self.media.rewrite(span)
+            self.media.hold(span)
         except Exception:  # a bug here must not stop the journal: the records go in as they came
             self.record_failed(span.first_seq, rec.KIND_MEDIA, "encoding media in")
+            self._batch(span)
+
+    def _media_ready(self, block: bool = False) -> None:
+        """Batch the held spans whose media are encoded (``block``: all of them, waiting)."""
+        try:
+            for span in self.media.ready(block):
+                self._batch(span)
+        except Exception:  # as in _hold_media: never stop the journal
+            self.record_failed(0, rec.KIND_MEDIA, "encoding media in")
             self.media.waiting = False
-            return span
 
     def producer_alive(self) -> bool:
         # Reparenting is the instant signal that the producer (our parent) died.  Under a wrapper
@@ -378,7 +397,7 @@ class Sidecar:
                 n = self.drain_once()  # a last look: records published just before the close
                 if n == 0 and self.reader.pending <= 0:
                     break
-            if self.reader.pending > 0:
+            if self.reader.pending > 0 and self.media.held_bytes < MEDIA_HELD_MAX:
                 await asyncio.sleep(0)  # more is published than one poll took: keep going
             else:
                 # Caught up.  Sleeping (not spinning) while the producer trickles records in keeps
@@ -391,6 +410,9 @@ class Sidecar:
     async def shutdown(
         self, loop: asyncio.AbstractEventLoop, crashed: bool, shipping: asyncio.Task[None] | None = None
     ) -> int:
+        await loop.run_in_executor(None, self.media.wait)  # the loop stays free meanwhile
+        self._media_ready(block=True)
+        self.media.close()
         self.cut()
         await self.close_sources()
         # The loss counters go in last, once every loss is known: what the disk never took is
@@ -457,6 +479,7 @@ class Sidecar:
         journal writer holds and what the ring still holds.  The run, config, summary and exit
         records among them are kept, and written (with the loss counters after them) into the
         space the journal's reserve frees; rows are what is lost."""
+        self._media_ready(block=True)
         self.cut()
         kept: list[rec.Record] = []
         lost = 0

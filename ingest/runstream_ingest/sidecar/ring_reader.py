@@ -30,13 +30,15 @@ STUCK_TIMEOUT = 1.0
 @dataclass
 class Span:
     """Records read in one ``poll``: their bytes (a run of records, as in a batch), how many, the
-    seq range, and the non-row records, which the sidecar also acts on."""
+    seq range, the non-row records, which the sidecar also acts on, and the reader's cursor just
+    past them (what ``release`` may free once they are journaled)."""
 
     data: bytes
     count: int
     first_seq: int
     last_seq: int
     control: list[Record] = field(default_factory=list)
+    end: int = 0
 
 
 class RingReader:
@@ -125,8 +127,8 @@ class RingReader:
         else:
             self._stuck_since = None
         if not count:
-            return None if pos == start and not wrapped else Span(b"", 0, 0, 0)
-        return Span(bytes(data[keep_from:pos]), count, first, last, control)
+            return None if pos == start and not wrapped else Span(b"", 0, 0, 0, end=self.cursor)
+        return Span(bytes(data[keep_from:pos]), count, first, last, control, self.cursor)
 
     def _on_stuck(self, head: int) -> None:
         now = self._clock()
@@ -141,9 +143,13 @@ class RingReader:
             self.expected = None
             self._stuck_since = None
 
-    def release(self) -> None:
-        """Free everything read so far (call once it is safely in the journal's hands)."""
-        self._words[W_TAIL] = self.cursor
+    def release(self, upto: int | None = None) -> None:
+        """Free the ring up to ``upto`` (a span's ``end``), or everything read so far: call it
+        once those records are safely in the journal's hands.  Spans read but held back (media
+        being encoded) stay in the ring until their own batch is journaled."""
+        upto = self.cursor if upto is None else min(upto, self.cursor)
+        # tail only grows: the producer reuses what is behind it
+        self._words[W_TAIL] = max(self._words[W_TAIL], upto)
 
 
 def open_reader(path: Path, after_seq: int = 0) -> RingReader:

@@ -62,9 +62,10 @@ class Histogram:
             if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
                 raise ValueError(f"runstream.Histogram: num_bins must be a positive int, not {num_bins!r}")
             values = as_array(sequence, "Histogram").ravel()
-            if values.dtype.kind == "f":
-                values = values[np.isfinite(values)]
-            counts, edges = np.histogram(values, bins=num_bins)
+            try:
+                counts, edges = np.histogram(values, bins=num_bins)
+            except ValueError:  # NaN or an infinity made the range not finite: count the rest
+                counts, edges = np.histogram(values[np.isfinite(values)], bins=num_bins)
         if len(counts) > MAX_BINS:
             raise ValueError(
                 f"runstream.Histogram: {len(counts)} bins; the maximum length of a histogram is {MAX_BINS}"

@@ -113,7 +113,7 @@ class MediaPacker:
     def __init__(
         self,
         run_dir: Path,
-        push: Callable[[int, int, float, bytes], None],
+        push: Callable[[int, int, float, list[Any]], None],
         words: Any,
         max_record: int,
         spill_limit: int,
@@ -202,8 +202,8 @@ class MediaPacker:
             self._drop(key, str(why))
             return None
         mb = _packb(meta, row_default, _OPT)
-        body = b"".join([META_LEN.pack(len(mb)), mb, *parts])
-        self._push(rec.KIND_MEDIA, step, t, body)
+        # The body's parts go into the ring one after another: no joined copy of the pixels.
+        self._push(rec.KIND_MEDIA, step, t, [META_LEN.pack(len(mb)), mb, *parts])
         return {PLACEHOLDER: mid}
 
     # --- the spill: payloads on disk -------------------------------------------------------------
