@@ -27,6 +27,7 @@ class Words(dict[int, int]):
 def sdk_records(run_dir: Path, words: Words, row: dict[str, Any], step: int = 0) -> list[rec.Record]:
     """What the SDK pushes for ``row``: its MEDIA records, then the row."""
     pushed: list[tuple[int, int, float, bytes]] = []
+
     def push(kind: int, step: int, t: float, parts: list[Any]) -> None:
         pushed.append((kind, step, t, b"".join(parts)))
 
