@@ -172,10 +172,32 @@ class Summary:
         try:
             rec.pack_body(flat)
         except (TypeError, ValueError, OverflowError):
-            raise bad_value_error(flat, "summary") from None
+            if not _wants_media(flat):
+                raise bad_value_error(flat, "summary") from None
+            self._update_media(flat)
+            return
         self._pinned.update(flat)
         self._deleted.difference_update(flat)
         self._run._emit(rec.KIND_SUMMARY, {"set": flat})
+
+    def _update_media(self, flat: dict[str, Any]) -> None:
+        """``update`` of values holding media (``run.summary["best"] = runstream.Image(...)``):
+        their MEDIA records go into the ring, then the SUMMARY record, whose placeholders the
+        sidecar fills in as it does a row's (docs/media.md)."""
+        from runstream.media.pack import convert_value
+
+        run: Run = self._run
+        converted = {k: convert_value(k, v, "summary") for k, v in flat.items()}
+        try:
+            _packb(converted, _media_check_default, _PACK_OPT)
+        except (TypeError, ValueError, OverflowError):
+            raise bad_value_error(converted, "summary") from None
+        if run._finished:
+            return
+        placed = run._media_packer().place(converted, run._step, _time())
+        self._pinned.update(converted)
+        self._deleted.difference_update(converted)
+        run._emit(rec.KIND_SUMMARY, {"set": placed})
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._view().get(key, default)

@@ -270,3 +270,16 @@ def test_media_rows_follow_the_step_rules(tmp_path: Path) -> None:
     assert rows[0]["a"]["_type"] == "image-file" and rows[1]["x"] == 1.0
     assert read_pixels(media_file(run, rows[2]["b"]))[0, 0] == 2
     assert read_pixels(media_file(run, rows[2]["c"]))[0, 0] == 3
+
+
+def test_media_set_in_the_summary_is_stored_as_its_pointer(tmp_path: Path) -> None:
+    run = offline(tmp_path)
+    run.log({"loss": 1.0})
+    run.summary["best"] = runstream.Image(np.full((3, 3), 5, np.uint8), caption="best")
+    run.summary.update({"table": runstream.Table(columns=["a"], data=[[1]])})
+    data = finished(run)
+    best = data.summary["best"]
+    assert best["_type"] == "image-file" and best["caption"] == "best"
+    assert read_pixels(media_file(run, best))[0, 0] == 5
+    assert json.loads(media_file(run, data.summary["table"]).read_text())["data"] == [[1]]
+    assert [set(r) - {"_step", "_timestamp", "_runtime"} for r in data.history] == [{"loss"}]

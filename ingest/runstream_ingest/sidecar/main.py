@@ -410,8 +410,9 @@ class Sidecar:
     async def shutdown(
         self, loop: asyncio.AbstractEventLoop, crashed: bool, shipping: asyncio.Task[None] | None = None
     ) -> int:
-        await loop.run_in_executor(None, self.media.wait)  # the loop stays free meanwhile
-        self._media_ready(block=True)
+        if self.media.held_bytes:  # media still encoding: wait off the loop, which stays free
+            await loop.run_in_executor(None, self.media.wait)
+            self._media_ready(block=True)
         self.media.close()
         self.cut()
         await self.close_sources()

@@ -60,13 +60,13 @@ def needs_convert(v: Any) -> bool:
     return mod.startswith(("pandas", "PIL.", "plotly", "matplotlib")) or _is_figure(v)
 
 
-def convert_value(key: str, v: Any) -> Any:
+def convert_value(key: str, v: Any, where: str = "log") -> Any:
     """One value as ``log`` keeps it; raises ``TypeError``/``ValueError`` naming ``key``."""
     try:
         return _convert(v)
     except (TypeError, ValueError) as e:
         msg = str(e).removeprefix("runstream.")
-        raise type(e)(f"runstream.log: the value for key {key!r}: {msg}") from None
+        raise type(e)(f"runstream.{where}: the value for key {key!r}: {msg}") from None
 
 
 def _convert(v: Any) -> Any:
@@ -136,6 +136,11 @@ class MediaPacker:
     def pack_row(self, row: dict[str, Any], step: int, t: float) -> bytes:
         """Push the MEDIA records of ``row``'s media and return the row's body (placeholders where
         the media were).  ``row`` is flat and already converted."""
+        return _packb(self.place(row, step, t), row_default, _OPT)  # type: ignore[no-any-return]
+
+    def place(self, row: dict[str, Any], step: int, t: float) -> dict[str, Any]:
+        """``pack_row`` before packing: the MEDIA records pushed, the dict with placeholders (a
+        summary update's ``set``, which the sidecar fills in as it does a row)."""
         out: dict[str, Any] = {}
         for k, v in row.items():
             if isinstance(v, CustomChart):
@@ -149,7 +154,7 @@ class MediaPacker:
             value = self._value(k, v, step, t)
             if value is not _DROPPED:
                 out[k] = value
-        return _packb(out, row_default, _OPT)
+        return out
 
     def _value(self, key: str, v: Any, step: int, t: float) -> Any:
         if isinstance(v, Media):

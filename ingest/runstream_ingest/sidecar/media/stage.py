@@ -8,8 +8,8 @@ handed on, in ring order:
   ``encode.encode`` into ``files/media/...``, the file is handed to the uploader, and the record
   becomes ``{"id", "key", "pointer"}`` (or ``"error"``) with ``FLAG_MEDIA_DONE``: the journal
   never holds raw pixels;
-* the next ROW -- the SDK pushes a row's MEDIA records right before it -- gets each
-  ``{"_rs_media": id}`` replaced by the pointer.
+* the next ROW (or SUMMARY, for ``run.summary[k] = Image(...)``) -- the SDK pushes a row's
+  MEDIA records right before it -- gets each ``{"_rs_media": id}`` replaced by the pointer.
 
 Encoding runs on a small thread pool (PNG and zlib release the GIL, so images encode on several
 cores while the loop goes on draining); tables and lists, which point at the media before them,
@@ -159,7 +159,7 @@ class MediaStage:
                 result = job.result() if job is not None else self._composite(r)
                 new = rec.encode(r.seq, r.kind, r.step, r.time, self._finish(r, result), rec.FLAG_MEDIA_DONE)
                 self.waiting = True
-            elif r.kind == rec.KIND_ROW and self.waiting:
+            elif r.kind in (rec.KIND_ROW, rec.KIND_SUMMARY) and self.waiting:
                 new = self._row(r)
             out.append(new if new is not None else bytes(mv[pos : pos + size]))
             pos += size
