@@ -136,7 +136,7 @@ class MediaPacker:
     def pack_row(self, row: dict[str, Any], step: int, t: float) -> bytes:
         """Push the MEDIA records of ``row``'s media and return the row's body (placeholders where
         the media were).  ``row`` is flat and already converted."""
-        return _packb(self.place(row, step, t), row_default, _OPT)  # type: ignore[no-any-return]
+        return _packb(self.place(row, step, t), row_default, _OPT)
 
     def place(self, row: dict[str, Any], step: int, t: float) -> dict[str, Any]:
         """``pack_row`` before packing: the MEDIA records pushed, the dict with placeholders (a
