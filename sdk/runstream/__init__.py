@@ -109,12 +109,15 @@ def __getattr__(name: str) -> Any:
     if name in _MEDIA:
         import runstream.media
 
-        return getattr(runstream.media, name)
-    if name in _SUBMODULES:
+        value = getattr(runstream.media, name)
+    elif name in _SUBMODULES:
         import importlib
 
-        return importlib.import_module(f"runstream.{name}")
-    raise AttributeError(f"module 'runstream' has no attribute {name!r}")
+        value = importlib.import_module(f"runstream.{name}")
+    else:
+        raise AttributeError(f"module 'runstream' has no attribute {name!r}")
+    globals()[name] = value  # later lookups are plain attribute reads (``runstream.Image`` per step)
+    return value
 
 
 __all__ = [

@@ -88,7 +88,7 @@ typedef struct {
 } WriterCore;
 
 static PyTypeObject WriterCoreType;
-static PyObject *str_push_slow, *str_log_py;
+static PyObject *str_push_slow, *str_log_py, *str_push_parts_slow;
 
 static int
 core_traverse(WriterCore *self, visitproc visit, void *arg)
@@ -120,12 +120,12 @@ record_size(Py_ssize_t n)
     return ((unsigned long long)n + HEADER_SIZE + 7) & ~7ull;
 }
 
-/* Publish one record if it fits the fast path.  1: published; 0: not attempted (the caller
- * hands it to ``_push_slow``). */
+/* Publish one record whose body is ``count`` parts, one after another, if it fits the fast path.
+ * 1: published; 0: not attempted (the caller hands it to the Python slow path). */
 static int
-push_fast(WriterCore *self, unsigned char kind, long long step, double t, PyObject *body)
+push_fast_v(WriterCore *self, unsigned char kind, long long step, double t,
+            const unsigned char *const *srcs, const Py_ssize_t *lens, int count, Py_ssize_t n)
 {
-    Py_ssize_t n = PyBytes_GET_SIZE(body);
     unsigned long long size = record_size(n);
     unsigned long long head = self->head, cap = self->cap;
     unsigned long long pos = head % cap;
@@ -159,9 +159,14 @@ push_fast(WriterCore *self, unsigned char kind, long long step, double t, PyObje
     memcpy(hdr + 16, &step, 8);
     memcpy(hdr + 24, &t, 8);
     memcpy(rec + CRC_START, hdr, sizeof hdr);
-    const unsigned char *src = (const unsigned char *)PyBytes_AS_STRING(body);
-    memcpy(rec + HEADER_SIZE, src, (size_t)n);
-    uint32_t crc = ~crc_update(crc_update(~0u, hdr, sizeof hdr), src, (size_t)n);
+    uint32_t crc = crc_update(~0u, hdr, sizeof hdr);
+    unsigned char *dst = rec + HEADER_SIZE;
+    for (int i = 0; i < count; i++) {  /* the CRC reads the source, still in cache, not the ring */
+        memcpy(dst, srcs[i], (size_t)lens[i]);
+        crc = crc_update(crc, srcs[i], (size_t)lens[i]);
+        dst += lens[i];
+    }
+    crc = ~crc;
     uint32_t len32 = (uint32_t)n;
     memcpy(rec, &len32, 4);
     memcpy(rec + 4, &crc, 4);
@@ -172,6 +177,14 @@ push_fast(WriterCore *self, unsigned char kind, long long step, double t, PyObje
     PyBuffer_Release(&w);
     PyBuffer_Release(&d);
     return 1;
+}
+
+static int
+push_fast(WriterCore *self, unsigned char kind, long long step, double t, PyObject *body)
+{
+    const unsigned char *src = (const unsigned char *)PyBytes_AS_STRING(body);
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    return push_fast_v(self, kind, step, t, &src, &n, 1, n);
 }
 
 static PyObject *
@@ -217,9 +230,58 @@ core_push(WriterCore *self, PyObject *const *args, Py_ssize_t nargs)
     return push_slow((PyObject *)self, args[0], args[1], args[2], body, record_size(PyBytes_GET_SIZE(body)));
 }
 
+#define MAX_PARTS 8
+
+/* push_parts(kind, step, t, parts) -> None: one record whose body is ``parts`` (a list of at most
+ * MAX_PARTS bytes-like objects) joined, copied straight into the ring without joining them first
+ * (a media payload).  Whatever the fast path does not take goes to ``_push_parts_slow``. */
+static PyObject *
+core_push_parts(WriterCore *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "push_parts takes kind, step, t and parts (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *parts = args[3];
+    if (PyList_CheckExact(parts) && PyList_GET_SIZE(parts) <= MAX_PARTS && PyLong_CheckExact(args[0]) &&
+        PyLong_CheckExact(args[1]) && PyFloat_CheckExact(args[2])) {
+        long kind = PyLong_AsLong(args[0]);
+        long long step = PyLong_AsLongLong(args[1]);
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+        }
+        else if (kind >= 0 && kind <= 255) {
+            Py_buffer bufs[MAX_PARTS];
+            const unsigned char *srcs[MAX_PARTS];
+            Py_ssize_t lens[MAX_PARTS], n = 0;
+            int count = (int)PyList_GET_SIZE(parts), got = 0, done = 0;
+            for (; got < count; got++) {
+                if (PyObject_GetBuffer(PyList_GET_ITEM(parts, got), &bufs[got], PyBUF_C_CONTIGUOUS) < 0) {
+                    PyErr_Clear();
+                    break;
+                }
+                srcs[got] = (const unsigned char *)bufs[got].buf;
+                lens[got] = bufs[got].len;
+                n += bufs[got].len;
+            }
+            if (got == count)
+                done = push_fast_v(self, (unsigned char)kind, step, PyFloat_AS_DOUBLE(args[2]), srcs, lens, count, n);
+            for (int i = 0; i < got; i++)
+                PyBuffer_Release(&bufs[i]);
+            if (done)
+                Py_RETURN_NONE;
+        }
+    }
+    PyObject *call[5] = {(PyObject *)self, args[0], args[1], args[2], parts};
+    return PyObject_VectorcallMethod(str_push_parts_slow, call, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
 static PyMethodDef core_methods[] = {
     {"push", (PyCFunction)(void (*)(void))core_push, METH_FASTCALL,
      "push($self, kind, step, t, body, /)\n--\n\nPublish one record, or hand it to _push_slow."},
+    {"push_parts", (PyCFunction)(void (*)(void))core_push_parts, METH_FASTCALL,
+     "push_parts($self, kind, step, t, parts, /)\n--\n\nPublish one record of joined parts, or hand "
+     "it to _push_parts_slow."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -437,7 +499,8 @@ PyInit__ringfast(void)
     crc_init();
     str_push_slow = PyUnicode_InternFromString("_push_slow");
     str_log_py = PyUnicode_InternFromString("_log_py");
-    if (str_push_slow == NULL || str_log_py == NULL)
+    str_push_parts_slow = PyUnicode_InternFromString("_push_parts_slow");
+    if (str_push_slow == NULL || str_log_py == NULL || str_push_parts_slow == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)

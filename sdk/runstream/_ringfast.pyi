@@ -15,6 +15,7 @@ class WriterCore:
     _max: int
     _overflow_bytes: int
     def push(self, kind: int, step: int, t: float, body: bytes) -> None: ...
+    def push_parts(self, kind: int, step: int, t: float, parts: list[object]) -> None: ...
 
 class RunCore:
     _writer: WriterCore

@@ -119,6 +119,8 @@ class PyRingWriter:
         if self._overflow or size > self._max or not self._put(kind, step, t, views, size):
             self._queue(kind, step, t, b"".join(views), size)
 
+    _push_parts_slow = push_parts  # the C push_parts hands what it does not take to this
+
     def _put(self, kind: int, step: int, t: float, body: bytes | list[Any], size: int) -> bool:
         """Place one record, wrapping and re-reading ``tail`` as needed; False when no room.
         ``body`` is the bytes, or a list of byte views to copy in one after another."""

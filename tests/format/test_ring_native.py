@@ -222,6 +222,22 @@ class NativeMatchesPython(RuleBasedStateMachine):
         results = self.pair.both("push", kind, step, t, body)
         assert results[0] == results[1]  # both fine, or both RecordTooLargeError with one message
 
+    @rule(
+        sizes=st.lists(st.integers(0, 12000), min_size=0, max_size=10),
+        kind=st.integers(1, 10),
+        step=st.integers(-(2**63), 2**63 - 1),
+    )
+    def push_parts(self, sizes: list[int], kind: int, step: int) -> None:
+        """A media record's parts: bytes, memoryviews and numpy buffers (the C path takes up to 8
+        parts; more go to the Python path): the same bytes as the Python writer's."""
+        parts: list[Any] = []
+        for i, size in enumerate(sizes):
+            body = body_of(self.n * 16 + i, size)
+            parts.append([body, memoryview(body), np.frombuffer(body, np.uint8).data][i % 3])
+        self.n += 1
+        results = self.pair.both("push_parts", kind, step, 2.5, parts)
+        assert results[0] == results[1]
+
     @precondition(lambda self: hasattr(self, "pair") and not self.pair.writers[0].overflow_bytes)
     @rule(
         args=st.sampled_from(

@@ -88,10 +88,31 @@ class Image(Media):
         file_type: str | None = None,
         normalize: bool = True,
     ) -> None:
+        data = data_or_path
+        if (  # the common case, in a few lines: an 8-bit H x W [x 3|4] array and perhaps a caption
+            type(data) is np.ndarray
+            and data.dtype == np.uint8
+            and (data.ndim == 2 or (data.ndim == 3 and data.shape[2] in (3, 4)))
+            and data.size
+            and mode is None
+            and not (grouping or boxes or masks or file_type)
+        ):
+            self.caption = None if caption is None else str(caption)
+            self.grouping: int | None = None
+            self._file: FileSource | None = None
+            self._pixels: np.ndarray[Any, Any] | None = (
+                data.copy()
+            )  # the caller may refill its buffer right after ``log``
+            self._chw = False
+            self._normalize = bool(normalize)
+            self.mode = None
+            self.format = "png"
+            self.masks = self.boxes = {}
+            return
         self.caption = None if caption is None else str(caption)
         self.grouping = grouping
-        self._file: FileSource | None = None
-        self._pixels: np.ndarray[Any, Any] | None = None
+        self._file = None
+        self._pixels = None
         self._chw = False
         self._normalize = bool(normalize)
         if mode is not None and mode not in MODES:
@@ -100,7 +121,6 @@ class Image(Media):
         if file_type not in (None, "png", "jpg", "jpeg", "bmp"):
             raise ValueError(f"runstream.Image: file_type must be png, jpg or bmp, not {file_type!r}")
         self.format = {"jpeg": "jpg"}.get(file_type or "png", file_type or "png")
-        data = data_or_path
         if isinstance(data, (str, os.PathLike)):
             self._file = FileSource(data, "Image", IMAGE_EXTS)
             self.format = self._file.ext.lstrip(".").replace("jpeg", "jpg")

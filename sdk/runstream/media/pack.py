@@ -37,6 +37,7 @@ from runstream.media.others import Plotly
 from runstream.media.table import MAX_ROWS, Table
 
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+_PLAIN = (float, str, bool)  # with None and ints in range: packed as they are
 LIST_TYPES = ("image", "video", "audio", "html", "object3D")
 MAX_LIST_ITEMS = 108  # W&B's limit for a list of media in one value
 
@@ -133,6 +134,28 @@ class MediaPacker:
         self.visualize: dict[str, Any] = {}
 
     # --- a committed row -------------------------------------------------------------------------
+    def flat_row(self, data: dict[Any, Any], step: int, t: float) -> bytes | None:
+        """``log``'s fast media path: when every key of ``data`` is a str and every value a
+        plain scalar, a media object (not a table) or a list of them, push the MEDIA records and
+        return the row's body; else None, with nothing pushed (the slow path takes the row)."""
+        for k, v in data.items():
+            tv = type(v)
+            if type(k) is not str:
+                return None
+            if tv in _PLAIN or v is None or (tv is int and _INT_MIN <= v <= _INT_MAX):
+                continue
+            if isinstance(v, Media) and tv is not Table:
+                continue
+            if tv is list and v and all(isinstance(x, Media) and type(x) is not Table for x in v):
+                continue
+            return None
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            value = self._value(k, v, step, t) if isinstance(v, (Media, list)) else v
+            if value is not _DROPPED:
+                out[k] = value
+        return _packb(out, None, _OPT)
+
     def pack_row(self, row: dict[str, Any], step: int, t: float) -> bytes:
         """Push the MEDIA records of ``row``'s media and return the row's body (placeholders where
         the media were).  ``row`` is flat and already converted."""
