@@ -552,11 +552,11 @@ class Run(_RunBase):
         False, with nothing logged, for any other row."""
         if self._finished:
             return False  # the slow path says so
-        packer = self._media_packer()
-        body = packer.flat_row(data, self._step, _time())
+        t = _time()  # the row's and its media's: one moment
+        body = self._media_packer().flat_row(data, self._step, t)
         if body is None:
             return False
-        self._push(_ROW, self._step, _time(), body)
+        self._push(_ROW, self._step, t, body)
         self._last_body = body
         self._step += 1
         return True

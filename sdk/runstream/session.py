@@ -36,6 +36,8 @@ from runstream.format.ring_layout import (
     W_EXIT,
     W_FIRST_SEQ,
     W_JOURNALED_SEQ,
+    W_MEDIA_DROPPED,
+    W_MEDIA_FAILED,
     W_SIDECAR_LOST,
     W_STEP_REGRESSIONS,
     W_SYNCED_SEQ,
@@ -653,6 +655,8 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         synced = int(w[W_SYNCED_SEQ])
         written, acked = int(w[W_JOURNALED_SEQ]), int(w[W_ACKED_SEQ])
         journaled, lost, unjournaled = _finish_figures(w, writer.last_seq, sidecar_code)
+        # Media values lost without their record (docs/media.md, "Limits"): their rows were kept.
+        media_lost = int(w[W_MEDIA_DROPPED]) + int(w[W_MEDIA_FAILED])
         if not exit_out and sidecar_code == 0:
             journaled += 1  # the exit record, which the sidecar wrote from W_EXIT
         last_words = False
@@ -678,7 +682,9 @@ def finish_run(run: Run, exit_code: int | None) -> None:
     rows = run._step
     msg = f"run {run.name} ({run.id}) {'finished' if code == 0 else f'failed (exit code {code})'}: "
     msg += f"{rows} steps, {journaled} records journaled in {run.dir}, {lost} lost"
-    if lost:
+    if media_lost:
+        msg += f", {media_lost} media values not stored"
+    if lost or media_lost:
         msg += " (see runstream inspect)"
     if sidecar_code is None:
         msg += (
@@ -698,7 +704,7 @@ def finish_run(run: Run, exit_code: int | None) -> None:
             f"; the server has {acked} of {written} records. Upload the rest with:\n"
             f"    runstream sync {run.dir}"
         )
-    if lost or sidecar_code != 0 or unsent:
+    if lost or media_lost or sidecar_code != 0 or unsent:
         print(f"runstream: warning: {msg}", file=sys.stderr)  # shown even when silent
     else:
         say(s, msg)

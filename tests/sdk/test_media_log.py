@@ -221,7 +221,9 @@ def test_media_past_the_spill_bound_is_dropped_counted_and_the_row_kept(
     (row,) = data.history
     assert row["loss"] == 1.0 and "clip" not in row
     assert data.summary["_runstream/dropped_media"] == 1
-    assert "dropped" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the media logged under 'clip' was dropped" in err
+    assert "0 lost, 1 media values not stored (see runstream inspect)" in err  # the finish line
 
 
 @pytest.mark.parametrize(

@@ -298,5 +298,5 @@ _DROPPED = object()
 
 
 def _kind(m: Media) -> str:
-    return {"image-file": "image", "video-file": "video", "audio-file": "audio", "html-file": "html",
-            "object3D-file": "object3D"}.get(m._log_type, m._log_type)  # fmt: skip
+    """The MEDIA record's ``type`` of ``m``: its W&B ``_type`` less ``-file`` (``image-file``...)."""
+    return m._log_type.removesuffix("-file")

@@ -99,7 +99,8 @@ def read_run(path: str | os.PathLike[str], pandas: bool = False) -> RunData:
         key's last value unless pinned, plus the ``_runstream/...`` loss counters when
         non-zero), ``history`` (every row, with ``_step``, ``_timestamp`` and ``_runtime``, nested
         keys flattened to ``a/b``), ``dropped`` (records lost: dropped under back-pressure, step
-        regressions, lost by the sidecar), ``stats``, ``journal`` (health figures) and ``path``.
+        regressions, lost by the sidecar; and media values not stored, docs/media.md),
+        ``stats``, ``journal`` (health figures) and ``path``.
 
     Raises:
         UsageError: ``path`` is not, and does not lead to, a run directory.
