@@ -316,8 +316,9 @@ class Sidecar:
     def _hold_media(self, span: Span) -> None:
         try:
             self.media.hold(span)
-        except Exception:  # a bug here must not stop the journal: the records go in as they came
+        except Exception:  # a bug here must not stop the journal: the records go in as they came,
             self.record_failed(span.first_seq, rec.KIND_MEDIA, "encoding media in")
+            self._media_ready(block=True)  # after the spans held before them: ring order holds
             self._batch(span)
 
     def _media_ready(self, block: bool = False) -> None:
