@@ -12,7 +12,7 @@ LOCK    := constraints.txt
 # driven by Playwright: its own browser download is not available).
 DEB_PKGS := fiu-utils strace util-linux chromium
 
-.PHONY: install demo test lint typecheck pytest bench proto clean deb vendor lock
+.PHONY: install demo test lint typecheck pytest bench proto clean deb vendor lock lock-add
 
 install: $(STAMP)
 
@@ -72,8 +72,11 @@ proto: install
 
 # Re-resolve every dependency in a fresh temporary venv and rewrite $(LOCK) with what it got (see
 # scripts/lock.py); review the diff, then `make install` (the stamp depends on the lock).
+# `make lock-add` resolves only requirements new to pyproject.toml and keeps every other pin.
 lock:
 	$(PY) scripts/lock.py
+lock-add:
+	$(PY) scripts/lock.py --keep
 
 # The web UI's vendored front-end files (committed; nothing is built at install time).  Refresh
 # them from the npm registry with `make vendor UPLOT_VERSION=x.y.z`.

@@ -53,7 +53,7 @@ def run(*cmd: str) -> str:
     return r.stdout
 
 
-def freeze(reqs: list[str]) -> list[str]:
+def freeze(reqs: list[str], keep: Path | None = None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="runstream-lock-") as tmp:
         venv = Path(tmp) / "venv"
         run(sys.executable, "-m", "venv", str(venv))
@@ -61,8 +61,13 @@ def freeze(reqs: list[str]) -> list[str]:
         pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
         print(f"installing the newest {', '.join(BOOTSTRAP)} in a fresh venv", flush=True)
         run(*pip, "--upgrade", *BOOTSTRAP)
-        print(f"installing {len(reqs)} requirements from pyproject.toml, unconstrained", flush=True)
-        run(*pip, *reqs)
+        if keep is None:
+            print(f"installing {len(reqs)} requirements from pyproject.toml, unconstrained", flush=True)
+            run(*pip, *reqs)
+        else:
+            # A new requirement is resolved; everything the lock already names stays where it is.
+            print(f"installing {len(reqs)} requirements from pyproject.toml, within {keep.name}", flush=True)
+            run(*pip, "-c", str(keep), *reqs)
         lines = run(py, "-m", "pip", "freeze", "--all", "--disable-pip-version-check").splitlines()
     pins = []
     for line in lines:
@@ -82,8 +87,13 @@ def freeze(reqs: list[str]) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", type=Path, default=LOCK, help=f"default: {LOCK.name}")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep every version the current lock names; resolve only requirements new to it",
+    )
     args = p.parse_args()
-    pins = freeze(requirements(ROOT / "pyproject.toml"))
+    pins = freeze(requirements(ROOT / "pyproject.toml"), keep=LOCK if args.keep else None)
     header = HEADER.format(
         python=platform.python_version(),
         platform=f"{platform.system().lower()} {platform.machine()}",
