@@ -55,9 +55,64 @@ crc_sw(uint32_t crc, const unsigned char *p, size_t n)
     return crc;
 }
 
+/* Joining CRCs computed apart.  The raw register is linear in (register, data), so a register
+ * ``a`` followed by ``n`` more bytes whose own register (started at 0) is ``b`` becomes
+ * ``a * x^(8n) mod P  xor  b``: polynomial arithmetic in the reflected bit order (zlib's
+ * ``crc32_combine``, for the Castagnoli polynomial).  ``crc_x2n[k]`` is x^(2^k) mod P. */
+#define CRC_LANES_MIN 4096 /* below this, one chain: the join costs more than it saves */
+static uint32_t crc_x2n[32];
+
+static uint32_t
+crc_mulmod(uint32_t a, uint32_t b)
+{
+    uint32_t m = 1u << 31, prod = 0;
+    for (;;) {
+        if (a & m) {
+            prod ^= b;
+            if ((a & (m - 1)) == 0)
+                break;
+        }
+        m >>= 1;
+        b = b & 1 ? (b >> 1) ^ 0x82f63b78u : b >> 1;
+    }
+    return prod;
+}
+
+/* x^(8n) mod P */
+static uint32_t
+crc_x8n(size_t n)
+{
+    uint32_t prod = 1u << 31; /* the polynomial 1 */
+    unsigned k = 3;
+    while (n) {
+        if (n & 1)
+            prod = crc_mulmod(crc_x2n[k & 31], prod);
+        n >>= 1;
+        k++;
+    }
+    return prod;
+}
+
+static void
+crc_x2n_init(void)
+{
+    uint32_t p = 1u << 30; /* x^1 */
+    crc_x2n[0] = p;
+    for (int k = 1; k < 32; k++)
+        crc_x2n[k] = p = crc_mulmod(p, p);
+}
+
+/* The register after lanes a, b, c of ``lane`` bytes each, one after another (b, c from 0). */
+static inline uint32_t
+crc_join3(uint32_t a, uint32_t b, uint32_t c, size_t lane)
+{
+    uint32_t shift = crc_x8n(lane);
+    return crc_mulmod(shift, crc_mulmod(shift, a) ^ b) ^ c;
+}
+
 #if defined(__x86_64__)
 __attribute__((target("sse4.2"))) static uint32_t
-crc_hw(uint32_t crc, const unsigned char *p, size_t n)
+crc_hw1(uint32_t crc, const unsigned char *p, size_t n)
 {
     uint64_t c = crc;
     while (n >= 8) {
@@ -73,6 +128,28 @@ crc_hw(uint32_t crc, const unsigned char *p, size_t n)
     return crc;
 }
 
+/* Three lanes at once: the instruction's latency is three times its issue interval, so one
+ * dependent chain runs at a third of the unit's speed (a 197 KB image: 21 us on one chain). */
+__attribute__((target("sse4.2"))) static uint32_t
+crc_hw(uint32_t crc, const unsigned char *p, size_t n)
+{
+    if (n < CRC_LANES_MIN)
+        return crc_hw1(crc, p, n);
+    size_t lane = (n / 3) & ~(size_t)7;
+    const unsigned char *q = p + lane, *r = q + lane;
+    uint64_t a = crc, b = 0, c = 0;
+    for (size_t i = 0; i < lane; i += 8) {
+        uint64_t wa, wb, wc;
+        memcpy(&wa, p + i, 8);
+        memcpy(&wb, q + i, 8);
+        memcpy(&wc, r + i, 8);
+        a = _mm_crc32_u64(a, wa);
+        b = _mm_crc32_u64(b, wb);
+        c = _mm_crc32_u64(c, wc);
+    }
+    return crc_hw1(crc_join3((uint32_t)a, (uint32_t)b, (uint32_t)c, lane), r + lane, n - 3 * lane);
+}
+
 static int
 crc_hw_available(void)
 {
@@ -82,7 +159,7 @@ crc_hw_available(void)
 #define CRC_HW_NAME "sse4.2"
 #elif defined(__aarch64__)
 __attribute__((target("+crc"))) static uint32_t
-crc_hw(uint32_t crc, const unsigned char *p, size_t n)
+crc_hw1(uint32_t crc, const unsigned char *p, size_t n)
 {
     while (n >= 8) {
         uint64_t w;
@@ -94,6 +171,27 @@ crc_hw(uint32_t crc, const unsigned char *p, size_t n)
     while (n--)
         crc = __crc32cb(crc, *p++);
     return crc;
+}
+
+/* Three lanes at once, as on x86-64. */
+__attribute__((target("+crc"))) static uint32_t
+crc_hw(uint32_t crc, const unsigned char *p, size_t n)
+{
+    if (n < CRC_LANES_MIN)
+        return crc_hw1(crc, p, n);
+    size_t lane = (n / 3) & ~(size_t)7;
+    const unsigned char *q = p + lane, *r = q + lane;
+    uint32_t a = crc, b = 0, c = 0;
+    for (size_t i = 0; i < lane; i += 8) {
+        uint64_t wa, wb, wc;
+        memcpy(&wa, p + i, 8);
+        memcpy(&wb, q + i, 8);
+        memcpy(&wc, r + i, 8);
+        a = __crc32cd(a, wa);
+        b = __crc32cd(b, wb);
+        c = __crc32cd(c, wc);
+    }
+    return crc_hw1(crc_join3(a, b, c, lane), r + lane, n - 3 * lane);
 }
 
 static int
@@ -118,6 +216,7 @@ static void
 crc_init(void)
 {
     crc_table_init();
+    crc_x2n_init();
     if (crc_hw_available())
         crc_update = crc_hw;
 }
