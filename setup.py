@@ -12,7 +12,11 @@ setup(
         Extension(
             "runstream._ringfast",
             sources=["sdk/runstream/_ringfast.c"],
-            depends=["sdk/runstream/_ringfast_crc.h", "sdk/runstream/_ringfast_pack.h"],
+            depends=[
+                "sdk/runstream/_ringfast_crc.h",
+                "sdk/runstream/_ringfast_pack.h",
+                "sdk/runstream/_ringfast_media.h",
+            ],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

@@ -319,6 +319,8 @@ typedef struct {
     PyObject *step;      /* _step: an int, the step the next committed row gets */
     PyObject *pending;   /* _pending: None, or the row being merged (commit=False) */
     PyObject *last_body; /* _last_body: msgpack of the last committed row, or None */
+    long long media_next_id;    /* _media_next_id: the id the next MEDIA record gets */
+    long long media_inline_max; /* _media_inline_max: largest payload sent inline; 0: no fast path */
 } RunCore;
 
 #define KIND_ROW 3
@@ -363,6 +365,8 @@ wall_time(void)
     return (double)ns / 1e9;
 }
 
+#include "_ringfast_media.h"
+
 static PyObject *
 log_py(RunCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -388,9 +392,15 @@ run_log(RunCore *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwname
     if (overflow || step == LLONG_MAX)
         return log_py(self, args, nargs, kwnames);
     PyObject *body = pack_row(args[0]);
+    double t = 0;
+    if (body == NULL && !PyErr_Occurred() && self->media_inline_max > 0) {
+        body = log_media(self, args[0], step, &t); /* its MEDIA records pushed, at time t */
+    }
+    else if (body != NULL) {
+        t = wall_time();
+    }
     if (body == NULL)
         return PyErr_Occurred() ? NULL : log_py(self, args, nargs, kwnames);
-    double t = wall_time();
     if (!push_fast((WriterCore *)self->writer, KIND_ROW, step, t, body)) {
         PyObject *k = PyLong_FromLong(KIND_ROW), *tt = PyFloat_FromDouble(t), *res = NULL;
         if (k != NULL && tt != NULL)
@@ -429,6 +439,9 @@ static PyMemberDef run_members[] = {
     {"_step", T_OBJECT_EX, offsetof(RunCore, step), 0, "step of the next committed row"},
     {"_pending", T_OBJECT, offsetof(RunCore, pending), 0, "row being merged, or None"},
     {"_last_body", T_OBJECT, offsetof(RunCore, last_body), 0, "msgpack of the last committed row"},
+    {"_media_next_id", T_LONGLONG, offsetof(RunCore, media_next_id), 0, "id of the next MEDIA record"},
+    {"_media_inline_max", T_LONGLONG, offsetof(RunCore, media_inline_max), 0,
+     "largest media payload sent through the ring; 0 turns the media fast path off"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -500,7 +513,13 @@ PyInit__ringfast(void)
     str_push_slow = PyUnicode_InternFromString("_push_slow");
     str_log_py = PyUnicode_InternFromString("_log_py");
     str_push_parts_slow = PyUnicode_InternFromString("_push_parts_slow");
-    if (str_push_slow == NULL || str_log_py == NULL || str_push_parts_slow == NULL)
+    str_rs_fast = PyUnicode_InternFromString("_rs_fast");
+    str_placeholder = PyUnicode_InternFromString("_rs_media");
+    str_id = PyUnicode_InternFromString("id");
+    str_key = PyUnicode_InternFromString("key");
+    str_step = PyUnicode_InternFromString("step");
+    if (str_push_slow == NULL || str_log_py == NULL || str_push_parts_slow == NULL || str_rs_fast == NULL ||
+        str_placeholder == NULL || str_id == NULL || str_key == NULL || str_step == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL)

@@ -209,10 +209,14 @@ pk_value(Packer *pk, PyObject *v)
     return 0;
 }
 
+static int pk_placeholder(Packer *pk, long long id);
+
 /* The msgpack bytes of ``row`` (an exact dict), or NULL: with an error set on failure, without
- * one when the row is not one this packer handles. */
+ * one when the row is not one this packer handles.  ``media[0..nmedia)`` are values of ``row``,
+ * in its order, that are packed as ``{"_rs_media": id0 + j}`` (the media fast path, in
+ * _ringfast_media.h); any other value that is not a scalar declines the row. */
 static PyObject *
-pack_row(PyObject *row)
+pack_row_media(PyObject *row, PyObject *const *media, int nmedia, long long id0)
 {
     Packer pk = {pack_buf, 0};
     Py_ssize_t n = PyDict_GET_SIZE(row);
@@ -234,12 +238,25 @@ pack_row(PyObject *row)
     }
     Py_ssize_t i = 0;
     PyObject *k, *v;
+    int j = 0;
     while (PyDict_Next(row, &i, &k, &v)) {
         int r;
         if (!PyUnicode_CheckExact(k))
             return NULL;
-        if ((r = pk_str(&pk, k)) != 0 || (r = pk_value(&pk, v)) != 0)
+        if ((r = pk_str(&pk, k)) != 0)
+            return NULL;
+        if ((r = pk_value(&pk, v)) == 1 && j < nmedia && v == media[j])
+            r = pk_placeholder(&pk, id0 + j++);
+        if (r != 0)
             return NULL; /* declined (1, no error set) or failed (-1, error set) */
     }
+    if (j != nmedia) /* the dict changed under us: let the Python path see it */
+        return NULL;
     return PyBytes_FromStringAndSize((const char *)pk.p, (Py_ssize_t)pk.n);
+}
+
+static PyObject *
+pack_row(PyObject *row)
+{
+    return pack_row_media(row, NULL, 0, 0);
 }

@@ -288,6 +288,8 @@ class Run(_RunBase):
         self._pending: dict[str, Any] | None = None
         self._pending_media = False  # the pending row holds media (runstream.media.pack)
         self._media: Any = None  # runstream.media.pack.MediaPacker, made at the first media row
+        self._media_next_id = 1  # the next MEDIA record's id (RunCore's C log takes them too)
+        self._media_inline_max = 0  # > 0 once the packer exists: C log's media fast path is on
         self._last_body: bytes | None = None
         self._regression_warned = False
         self._finished = False
@@ -575,7 +577,9 @@ class Run(_RunBase):
                 max_record(ring.capacity),
                 self._settings.media_spill_size,
                 lambda cfg: self._emit(rec.KIND_CONFIG, cfg),
+                self,
             )
+            self._media_inline_max = packer.inline_max
         return packer
 
     def _step_regression(self, step: int) -> None:

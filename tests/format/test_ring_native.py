@@ -415,3 +415,76 @@ def test_log_writes_the_same_history_and_errors_natively_and_in_pure_python(tmp_
     hist = json.loads(native[1])["history"]
     assert [r["_step"] for r in hist] == [0, 1, 2, 10, 11, 12]
     assert hist[-1]["huge"] == float(2**64)
+
+
+MEDIA_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import runstream
+    from runstream.format import record as rec
+    from runstream.format.journal_read import read_journal
+    from runstream.run import Run
+
+    slow = []
+    py_log = Run._log_py
+    def counting(self, data, *a, **kw):
+        slow.append(sorted(data))
+        return py_log(self, data, *a, **kw)
+    Run._log_py = counting
+
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)
+    run = runstream.init(project="p", mode="offline", dir=sys.argv[1], settings={"silent": True})
+    run.log({"img": runstream.Image(img), "loss": 0.5, "n": 3})       # the first: makes the packer
+    run.log({"img": runstream.Image(img), "loss": 0.25, "ok": True})  # C fast path from here on
+    same = runstream.Image(img[:, :, 0], caption="gray \u00e9")
+    run.log({"a": same, "b": same, "c": runstream.Image(img, normalize=False), "phase": "x"})
+    run.log({"list": [runstream.Image(img)], "x": 1.0})                # a list: the Python path
+    run.log({"img": runstream.Image(img), "np": np.float32(1)})        # a numpy scalar: Python
+    run.log({"img": runstream.Image(img), "big": 2**64})               # past 64 bits: Python
+    run.log({"hist": runstream.Histogram([1, 2, 3]), "img": runstream.Image(img)})  # no _rs_fast
+    run.log({"img": runstream.Image(img, caption="x" * 600)})          # a meta too large for C
+    run.log({"img": runstream.Image(img)})
+    run.finish()
+    recs = [
+        (r.kind, r.step, r.flags, r.body.hex())
+        for r in read_journal(run.dir + "/journal").iter_records()
+        if r.kind in (rec.KIND_ROW, rec.KIND_MEDIA)
+    ]
+    print(json.dumps({"slow": slow, "records": recs}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_media_row_writes_the_same_records_through_the_c_fast_path_as_in_python(tmp_path: Path) -> None:
+    outs = []
+    for pure in ("", "1"):
+        d = tmp_path / f"pure{pure or 0}"
+        d.mkdir()
+        p = subprocess.run(
+            [sys.executable, "-c", MEDIA_SCRIPT, str(d)],
+            env={**os.environ, "RUNSTREAM_PURE_PYTHON": pure},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert p.returncode == 0, p.stderr
+        outs.append(json.loads(p.stdout))
+    native, pure_py = outs
+    # Byte for byte the same MEDIA and ROW records (ids, placeholders, meta order, flags).
+    assert native["records"] == pure_py["records"]
+    kinds = [k for k, *_ in native["records"]]
+    assert kinds.count(rec.KIND_ROW) == 9 and kinds.count(rec.KIND_MEDIA) == 12
+    # The C path took every row it can take; the Python path, the first (no packer yet) and the
+    # rows it must (a list, a numpy scalar, an int past 64 bits, a histogram, a long caption).
+    assert native["slow"] == [
+        ["img", "loss", "n"],
+        ["list", "x"],
+        ["img", "np"],
+        ["big", "img"],
+        ["hist", "img"],
+        ["img"],
+    ]

@@ -4,6 +4,8 @@ its file in place, as a W&B user's code would read it (docs/media.md)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import wave
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pytest
 from PIL import Image as PILImage
 
 import runstream
-from runstream.format.ring_layout import W_MEDIA_DROPPED
+from runstream.format.ring_layout import W_MEDIA_DROPPED, W_OVERFLOW_PEAK
 
 pytestmark = pytest.mark.usefixtures("finish_active_run")
 
@@ -285,3 +287,22 @@ def test_media_set_in_the_summary_is_stored_as_its_pointer(tmp_path: Path) -> No
     assert read_pixels(media_file(run, best))[0, 0] == 5
     assert json.loads(media_file(run, data.summary["table"]).read_text())["data"] == [[1]]
     assert [set(r) - {"_step", "_timestamp", "_runtime"} for r in data.history] == [{"loss"}]
+
+
+def test_images_logged_while_the_sidecar_stalls_wait_in_the_overflow_and_all_arrive(tmp_path: Path) -> None:
+    # The C fast path's MEDIA records meet a full ring: they queue in order behind the ring, as rows
+    # do, and none is lost or reordered.
+    run = offline(tmp_path, settings={"ring_size": 64 * 1024, "overflow_size": 8 * 1024 * 1024})
+    pid = run._sidecar.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(200):
+            run.log({"img": runstream.Image(np.full((32, 32, 3), i, np.uint8)), "i": i})
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert run._ring.words[W_OVERFLOW_PEAK] > 0
+    data = finished(run)
+    assert [r["i"] for r in data.history] == list(range(200))
+    for row in data.history[::37]:
+        assert read_pixels(media_file(run, row["img"]))[0, 0, 0] == row["i"]
+    assert data.dropped == 0 and data.summary.get("_runstream/dropped_media", 0) == 0

@@ -13,9 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import ormsgpack
 
 from runstream.media.base import FileSource, Media, array_meta, as_array
 
+# (shape, caption, normalize) -> the packed fixed meta of a fast-path image; see _static_meta.
+_STATIC: dict[tuple[Any, ...], tuple[bytes, int]] = {}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MODES = ("L", "LA", "RGB", "RGBA", "P", "I", "F", "1", "CMYK", "YCbCr", "I;16")
 
@@ -100,14 +103,15 @@ class Image(Media):
             self.caption = None if caption is None else str(caption)
             self.grouping: int | None = None
             self._file: FileSource | None = None
-            self._pixels: np.ndarray[Any, Any] | None = (
-                data.copy()
-            )  # the caller may refill its buffer right after ``log``
+            # A copy: the caller may refill its buffer right after ``log``.
+            pixels = data.copy()
+            self._pixels: np.ndarray[Any, Any] | None = pixels
             self._chw = False
             self._normalize = bool(normalize)
             self.mode = None
             self.format = "png"
             self.masks = self.boxes = {}
+            self._rs_fast = (*self._static_meta(pixels.shape), pixels)
             return
         self.caption = None if caption is None else str(caption)
         self.grouping = grouping
@@ -144,6 +148,20 @@ class Image(Media):
             self._check_shape()
         self.masks = _check_masks(masks, self._size())
         self.boxes = _check_boxes(boxes)
+
+    def _static_meta(self, shape: tuple[int, ...]) -> tuple[bytes, int]:
+        """The fast path's ``_rs_fast`` head: ``_meta``'s fields packed, without the map header
+        (one per shape, caption and flag: a loop logs the same kind of image every step)."""
+        key = (shape, self.caption, self._normalize)
+        got = _STATIC.get(key)
+        if got is None:
+            meta = self._meta()[0]
+            packed = ormsgpack.packb(meta)
+            assert len(meta) < 16 and packed[0] == 0x80 | len(meta)  # a fixmap: a one-byte header
+            if len(_STATIC) >= 64:
+                _STATIC.clear()
+            got = _STATIC[key] = (packed[1:], len(meta))
+        return got
 
     def _check_shape(self) -> None:
         arr = self._pixels

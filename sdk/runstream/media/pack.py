@@ -119,6 +119,7 @@ class MediaPacker:
         max_record: int,
         spill_limit: int,
         emit_config: Callable[[dict[str, Any]], None],
+        ids: Any = None,
     ) -> None:
         self.staging = run_dir / "media-staging"
         self._push = push
@@ -128,7 +129,11 @@ class MediaPacker:
         self.inline_max = max(4096, min(1 << 20, max_record // 4))
         self.spill_limit = spill_limit
         self._emit_config = emit_config
-        self._next_id = 1
+        # Where the next MEDIA id is kept: the run (``_media_next_id``), whose C ``log`` takes ids
+        # from the same counter; or, alone (tests), this packer.
+        self._ids = self if ids is None else ids
+        if ids is None:
+            self._media_next_id = 1
         self._pid = os.getpid()
         self._warned = False
         self.visualize: dict[str, Any] = {}
@@ -215,8 +220,9 @@ class MediaPacker:
     def _record(
         self, meta: dict[str, Any], parts: list[Any], key: str, step: int, t: float
     ) -> dict[str, int] | None:
-        mid = self._next_id
-        self._next_id += 1
+        ids = self._ids
+        mid = ids._media_next_id
+        ids._media_next_id = mid + 1
         meta.update(id=mid, key=key, step=step)
         try:
             if "file" in meta:
