@@ -122,6 +122,49 @@ record_size(Py_ssize_t n)
 
 /* Publish one record whose body is ``count`` parts, one after another, if it fits the fast path.
  * 1: published; 0: not attempted (the caller hands it to the Python slow path). */
+/* The copy of a record's part into the ring.  A large part (a media payload) is written with
+ * streaming stores: the ring's lines are not read first (the ring is 64 MiB, so they are cold)
+ * and do not take the training step's data out of the cache; this process never reads them
+ * again.  The sidecar reads them from memory either way.  ``ring_copy_fence`` orders those
+ * stores before the head is published (x86's release store does not order streaming stores). */
+#define RING_STREAM_MIN (64 * 1024)
+#if defined(__x86_64__)
+#include <emmintrin.h>
+static void
+ring_copy(unsigned char *dst, const unsigned char *src, size_t n)
+{
+    if (n < RING_STREAM_MIN) {
+        memcpy(dst, src, n);
+        return;
+    }
+    size_t head = (16 - ((uintptr_t)dst & 15)) & 15;
+    memcpy(dst, src, head);
+    dst += head;
+    src += head;
+    n -= head;
+    for (; n >= 64; n -= 64, dst += 64, src += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)src), b = _mm_loadu_si128((const __m128i *)(src + 16)),
+                c = _mm_loadu_si128((const __m128i *)(src + 32)), d = _mm_loadu_si128((const __m128i *)(src + 48));
+        _mm_stream_si128((__m128i *)dst, a);
+        _mm_stream_si128((__m128i *)(dst + 16), b);
+        _mm_stream_si128((__m128i *)(dst + 32), c);
+        _mm_stream_si128((__m128i *)(dst + 48), d);
+    }
+    memcpy(dst, src, n);
+}
+static inline void
+ring_copy_fence(void)
+{
+    _mm_sfence();
+}
+#else
+#define ring_copy memcpy
+static inline void
+ring_copy_fence(void)
+{
+}
+#endif
+
 static int
 push_fast_v(WriterCore *self, unsigned char kind, long long step, double t,
             const unsigned char *const *srcs, const Py_ssize_t *lens, int count, Py_ssize_t n)
@@ -162,7 +205,7 @@ push_fast_v(WriterCore *self, unsigned char kind, long long step, double t,
     uint32_t crc = crc_update(~0u, hdr, sizeof hdr);
     unsigned char *dst = rec + HEADER_SIZE;
     for (int i = 0; i < count; i++) {  /* the CRC reads the source, still in cache, not the ring */
-        memcpy(dst, srcs[i], (size_t)lens[i]);
+        ring_copy(dst, srcs[i], (size_t)lens[i]);
         crc = crc_update(crc, srcs[i], (size_t)lens[i]);
         dst += lens[i];
     }
@@ -170,6 +213,7 @@ push_fast_v(WriterCore *self, unsigned char kind, long long step, double t,
     uint32_t len32 = (uint32_t)n;
     memcpy(rec, &len32, 4);
     memcpy(rec + 4, &crc, 4);
+    ring_copy_fence(); /* the streaming stores of ring_copy, ordered before the publish below */
     self->seq = seq + 1;
     self->head = head + size;
     /* Publish: every store above becomes visible no later than this one. */

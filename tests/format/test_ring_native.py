@@ -93,7 +93,6 @@ def test_crc32c_matches_the_crc32c_package_at_any_alignment_and_start(
     assert _ringfast.crc32c(data) == crc32c_pkg.crc32c(data)
 
 
-
 @given(
     size=st.integers(4096 - 8, 3 * 70_000),
     offset=st.integers(0, 7),
@@ -111,6 +110,7 @@ def test_crc32c_of_a_large_payload_three_lanes_joined_matches_one_chain(
     want = crc32c_pkg.crc32c(data, start)
     assert _ringfast.crc32c(view[offset:], start) == want
     assert _ringfast.crc32c_table(data, start) == want
+
 
 # --- msgpack of simple rows ------------------------------------------------------------------
 
@@ -323,6 +323,24 @@ def test_thousands_of_pushes_through_laps_and_a_full_ring_leave_identical_rings(
             if i % 97 == 0:
                 assert pair.rings[0].buf == pair.rings[1].buf
         assert pair.rings[0].words[W_DROPPED] > 0  # the overflow filled too
+        assert pair.rings[0].buf == pair.rings[1].buf
+    finally:
+        pair.close()
+
+
+def test_large_payloads_streamed_into_the_ring_at_every_alignment_match_the_python_writer() -> None:
+    # From 64 KiB a part is written with streaming stores, 16-byte aligned from wherever it starts:
+    # every start alignment, a tail of every length, through wraps, the same ring bytes.
+    pair = Pair(1 << 20, 1 << 22)
+    try:
+        for i in range(40):
+            meta = body_of(i, i % 23)
+            payload = memoryview(body_of(1000 + i, 64 * 1024 + (i * 37) % 200))
+            parts = [struct.pack("<I", len(meta)), meta, payload]
+            assert pair.both("push_parts", 10, i, i / 3, parts) == [("ok", None)] * 2
+            py, native = pair.read(1 << 20, release=True)
+            assert py == native and len(py) == 1
+            assert py[0][5] == b"".join(bytes(p) for p in parts)
         assert pair.rings[0].buf == pair.rings[1].buf
     finally:
         pair.close()
