@@ -22,6 +22,9 @@ class RunCore:
     _step: int
     _pending: dict[str, object] | None
     _last_body: bytes | None
+    _media_next_id: int
+    _media_inline_max: int
     def log(self, data: dict[str, object], step: int | None = None, commit: bool | None = None) -> None: ...
 
 def pack_row(row: dict[object, object], /) -> bytes | None: ...
+def snapshot_image(array: object, /) -> tuple[bytes, tuple[int, ...], int] | None: ...

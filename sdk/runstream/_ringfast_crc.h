@@ -212,6 +212,47 @@ crc_hw_available(void)
 
 static uint32_t (*crc_update)(uint32_t, const unsigned char *, size_t) = crc_sw;
 
+#if defined(__x86_64__)
+/* ``memcpy(dst, src, n)`` and the CRC register of those bytes from 0, in one pass over ``src``
+ * (three lanes, as crc_hw). */
+__attribute__((target("sse4.2"))) static uint32_t
+copy_crc_hw(unsigned char *dst, const unsigned char *src, size_t n)
+{
+    if (n < CRC_LANES_MIN) {
+        memcpy(dst, src, n);
+        return crc_hw1(0, dst, n);
+    }
+    size_t lane = (n / 3) & ~(size_t)7;
+    uint64_t a = 0, b = 0, c = 0;
+    for (size_t i = 0; i < lane; i += 8) {
+        uint64_t wa, wb, wc;
+        memcpy(&wa, src + i, 8);
+        memcpy(&wb, src + lane + i, 8);
+        memcpy(&wc, src + 2 * lane + i, 8);
+        memcpy(dst + i, &wa, 8);
+        memcpy(dst + lane + i, &wb, 8);
+        memcpy(dst + 2 * lane + i, &wc, 8);
+        a = _mm_crc32_u64(a, wa);
+        b = _mm_crc32_u64(b, wb);
+        c = _mm_crc32_u64(c, wc);
+    }
+    size_t done = 3 * lane;
+    memcpy(dst + done, src + done, n - done);
+    return crc_hw1(crc_join3((uint32_t)a, (uint32_t)b, (uint32_t)c, lane), dst + done, n - done);
+}
+#endif
+
+static uint32_t
+copy_crc(unsigned char *dst, const unsigned char *src, size_t n)
+{
+#if defined(__x86_64__)
+    if (crc_update == crc_hw)
+        return copy_crc_hw(dst, src, n);
+#endif
+    memcpy(dst, src, n);
+    return crc_update(0, dst, n);
+}
+
 static void
 crc_init(void)
 {

@@ -37,14 +37,16 @@ pk_placeholder(Packer *pk, long long id)
     return 0;
 }
 
-/* One media value's prepared body: ``(static: bytes, npairs: int, payload)``, where ``static`` is
- * the msgpack of the meta's ``npairs`` fixed key/value pairs without a map header. */
+/* One media value's prepared body: ``(static: bytes, npairs: int, payload, crc: int | None)``,
+ * where ``static`` is the msgpack of the meta's ``npairs`` fixed key/value pairs without a map
+ * header, and ``crc`` the payload's CRC-32C register started at 0 (not inverted), when known. */
 typedef struct {
     PyObject *obj;   /* the media object (a new reference) */
     PyObject *key;   /* its key in the row (borrowed from the row) */
     PyObject *fast;  /* its _rs_fast tuple (a new reference) */
     Py_buffer payload;
     int has_payload;
+    long long crc; /* the payload's CRC register from 0, when the object knows it; else -1 */
 } MediaFast;
 
 static void
@@ -78,11 +80,23 @@ media_collect(PyObject *row, MediaFast *m, long long inline_max)
             PyErr_Clear();
             goto decline;
         }
-        m[n] = (MediaFast){.obj = Py_NewRef(v), .key = k, .fast = f, .has_payload = 0};
+        m[n] = (MediaFast){.obj = Py_NewRef(v), .key = k, .fast = f, .has_payload = 0, .crc = -1};
         n++;
-        if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 3 || !PyBytes_CheckExact(PyTuple_GET_ITEM(f, 0)) ||
+        if (!PyTuple_CheckExact(f) || PyTuple_GET_SIZE(f) != 4 || !PyBytes_CheckExact(PyTuple_GET_ITEM(f, 0)) ||
             !PyLong_CheckExact(PyTuple_GET_ITEM(f, 1)))
             goto decline; /* None: this object has no prepared body */
+        PyObject *c = PyTuple_GET_ITEM(f, 3);
+        if (PyLong_CheckExact(c)) {
+            long long crc = PyLong_AsLongLong(c);
+            if (crc < 0 || crc > 0xffffffffLL) {
+                PyErr_Clear();
+                goto decline;
+            }
+            m[n - 1].crc = crc;
+        }
+        else if (c != Py_None) {
+            goto decline;
+        }
         if (PyObject_GetBuffer(PyTuple_GET_ITEM(f, 2), &m[n - 1].payload, PyBUF_C_CONTIGUOUS) < 0) {
             PyErr_Clear();
             goto decline;
@@ -144,7 +158,7 @@ media_meta(const MediaFast *m, long long id, long long step, unsigned char *out)
  * overflow, or a counted drop) when the ring has no room now.  0, or -1 with an error set. */
 static int
 media_push(PyObject *writer, long long step, double t, const unsigned char *meta, size_t meta_len,
-           const Py_buffer *payload)
+           const Py_buffer *payload, long long crc)
 {
     unsigned char lenbuf[4];
     uint32_t ml = (uint32_t)meta_len;
@@ -152,7 +166,7 @@ media_push(PyObject *writer, long long step, double t, const unsigned char *meta
     const unsigned char *srcs[3] = {lenbuf, meta, (const unsigned char *)payload->buf};
     Py_ssize_t lens[3] = {4, (Py_ssize_t)meta_len, payload->len};
     Py_ssize_t n = lens[0] + lens[1] + lens[2];
-    if (push_fast_v((WriterCore *)writer, KIND_MEDIA, step, t, srcs, lens, 3, n))
+    if (push_fast_v((WriterCore *)writer, KIND_MEDIA, step, t, srcs, lens, 3, n, crc))
         return 0;
     PyObject *parts = Py_BuildValue("[y#y#N]", (const char *)lenbuf, (Py_ssize_t)4, (const char *)meta,
                                     (Py_ssize_t)meta_len,
@@ -213,7 +227,7 @@ log_media(RunCore *self, PyObject *row, long long step, double *t)
     *t = wall_time();
     self->media_next_id = id0 + n;  /* taken from here on, even if a push below fails */
     for (int i = 0; i < n; i++) {
-        if (media_push(self->writer, step, *t, metas[i], meta_lens[i], &m[i].payload) < 0) {
+        if (media_push(self->writer, step, *t, metas[i], meta_lens[i], &m[i].payload, m[i].crc) < 0) {
             Py_DECREF(body);
             media_release(m, n);
             return NULL;
@@ -221,4 +235,47 @@ log_media(RunCore *self, PyObject *row, long long step, double *t)
     }
     media_release(m, n);
     return body;
+}
+
+/* snapshot_image(array) -> (bytes, shape, crc) | None: an 8-bit H x W or H x W x {3,4} image's
+ * pixels copied (the caller may refill its buffer at once), with their CRC register (from 0,
+ * not inverted) computed in the same pass (a strided view is gathered first); None for anything
+ * else (other dtypes or shapes), which runstream.Image handles in Python.  The common Image in
+ * one C call: numpy's dtype and shape checks cost tens of microseconds when a training step has
+ * left the caches cold. */
+static PyObject *
+mod_snapshot_image(PyObject *m, PyObject *obj)
+{
+    Py_buffer v;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_RECORDS_RO) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *out = NULL;
+    int ok = v.itemsize == 1 && v.format != NULL && strcmp(v.format, "B") == 0 &&
+             (v.ndim == 2 || (v.ndim == 3 && (v.shape[2] == 3 || v.shape[2] == 4))) && v.len > 0;
+    if (!ok) {
+        PyBuffer_Release(&v);
+        Py_RETURN_NONE;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, v.len);
+    PyObject *shape = PyTuple_New(v.ndim);
+    if (b != NULL && shape != NULL) {
+        for (int i = 0; i < v.ndim; i++)
+            PyTuple_SET_ITEM(shape, i, PyLong_FromSsize_t(v.shape[i])); /* small ints: cached */
+        unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(b);
+        uint32_t crc = 0;
+        if (PyBuffer_IsContiguous(&v, 'C'))
+            crc = copy_crc(dst, (const unsigned char *)v.buf, (size_t)v.len);
+        else if (PyBuffer_ToContiguous(dst, &v, v.len, 'C') == 0) /* a slice, a channel: gathered */
+            crc = crc_update(0, dst, (size_t)v.len);
+        else
+            Py_CLEAR(b);
+        if (b != NULL)
+            out = Py_BuildValue("(OOk)", b, shape, (unsigned long)crc);
+    }
+    Py_XDECREF(b);
+    Py_XDECREF(shape);
+    PyBuffer_Release(&v);
+    return out;
 }

@@ -506,3 +506,45 @@ def test_a_media_row_writes_the_same_records_through_the_c_fast_path_as_in_pytho
         ["hist", "img"],
         ["img"],
     ]
+
+
+@given(
+    shape=st.sampled_from([(5, 7), (64, 64, 3), (3, 2000, 4), (40, 41, 3)]),
+    view=st.sampled_from(["plain", "channel", "flipped", "strided"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=60, deadline=None)
+def test_an_image_snapshot_is_a_c_order_copy_whose_crc_is_the_bytes_crc(
+    shape: tuple[int, ...], view: str, seed: int
+) -> None:
+    # log joins this CRC into the MEDIA record's instead of reading the pixels again: a wrong one
+    # would make the sidecar refuse every image.
+    arr = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    if view == "channel":  # BGR -> RGB by a negative stride, or a transposed gray image
+        arr = arr[:, :, ::-1] if arr.ndim == 3 else arr.T
+    elif view == "flipped":
+        arr = arr[::-1]
+    elif view == "strided":
+        arr = arr[::2, ::3]
+    got = _ringfast.snapshot_image(arr)
+    assert got is not None
+    payload, got_shape, crc = got
+    assert payload == arr.tobytes() and got_shape == arr.shape
+    # The register from 0, not inverted: in the crc32c package's terms, start 0xffffffff, then ~.
+    assert crc == ~crc32c_pkg.crc32c(payload, 0xFFFFFFFF) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.zeros((4, 4), np.int8),
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros((0, 4, 3), np.uint8),
+        np.zeros((4,), np.uint8),
+        np.zeros((4, 4), np.bool_),
+        np.zeros((2, 4, 4, 3), np.uint8),
+    ],
+)
+def test_an_image_snapshot_declines_what_the_python_path_must_check(arr: Any) -> None:
+    assert _ringfast.snapshot_image(arr) is None
+    assert _ringfast.snapshot_image(b"not an image") is None

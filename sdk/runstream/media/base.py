@@ -35,11 +35,12 @@ class Media:
     pointer, e.g. ``"image-file"``) and implement ``_meta``."""
 
     _log_type = "file"
-    # ``(static, npairs, payload)`` when the object's MEDIA record body is fixed at construction:
-    # ``static`` the msgpack of its meta's ``npairs`` key/value pairs (no map header), ``payload``
-    # its bytes.  ``log``'s C fast path (sdk/runstream/_ringfast_media.h) then writes the record
-    # without calling ``_meta``; the bytes must be what ``_meta`` gives.  None: the Python path.
-    _rs_fast: tuple[bytes, int, Any] | None = None
+    # ``(static, npairs, payload, crc)`` when the object's MEDIA record body is fixed at
+    # construction: ``static`` the msgpack of its meta's ``npairs`` key/value pairs (no map
+    # header), ``payload`` its bytes, ``crc`` their CRC-32C register from 0 (or None).  ``log``'s C
+    # fast path (sdk/runstream/_ringfast_media.h) then writes the record without calling
+    # ``_meta``; the bytes must be what ``_meta`` gives.  None: the Python path.
+    _rs_fast: tuple[bytes, int, Any, int | None] | None = None
 
     def _meta(self) -> tuple[dict[str, Any], list[Any]]:
         """(meta fields, payload parts): the parts are bytes-like objects sent after the meta, in

@@ -15,8 +15,23 @@ from typing import Any
 import numpy as np
 import ormsgpack
 
+from runstream import ring as _ring
 from runstream.media.base import FileSource, Media, array_meta, as_array
 
+
+def _py_snapshot(data: np.ndarray[Any, Any]) -> tuple[bytes, tuple[int, ...], None] | None:
+    """``_ringfast.snapshot_image`` without the C extension (and without the CRC)."""
+    image_shape = data.ndim == 2 or (data.ndim == 3 and data.shape[2] in (3, 4))
+    if data.dtype == np.uint8 and image_shape and data.size:
+        return data.tobytes(), data.shape, None
+    return None
+
+
+_snapshot: Any = _py_snapshot
+if _ring.NATIVE:
+    from runstream import _ringfast
+
+    _snapshot = _ringfast.snapshot_image
 # (shape, caption, normalize) -> the packed fixed meta of a fast-path image; see _static_meta.
 _STATIC: dict[tuple[Any, ...], tuple[bytes, int]] = {}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -94,24 +109,23 @@ class Image(Media):
         data = data_or_path
         if (  # the common case, in a few lines: an 8-bit H x W [x 3|4] array and perhaps a caption
             type(data) is np.ndarray
-            and data.dtype == np.uint8
-            and (data.ndim == 2 or (data.ndim == 3 and data.shape[2] in (3, 4)))
-            and data.size
             and mode is None
             and not (grouping or boxes or masks or file_type)
+            and (snap := _snapshot(data)) is not None
         ):
+            # A copy (the caller may refill its buffer right after ``log``), made and checked in C
+            # with the CRC its MEDIA record needs: ``log`` then only copies it into the ring.
+            payload, shape, crc = snap
             self.caption = None if caption is None else str(caption)
             self.grouping: int | None = None
             self._file: FileSource | None = None
-            # A copy: the caller may refill its buffer right after ``log``.
-            pixels = data.copy()
-            self._pixels: np.ndarray[Any, Any] | None = pixels
+            self._snap = (payload, shape)
             self._chw = False
             self._normalize = bool(normalize)
             self.mode = None
             self.format = "png"
             self.masks = self.boxes = {}
-            self._rs_fast = (*self._static_meta(pixels.shape), pixels)
+            self._rs_fast = (*self._static_meta(shape), payload, crc)
             return
         self.caption = None if caption is None else str(caption)
         self.grouping = grouping
@@ -148,6 +162,23 @@ class Image(Media):
             self._check_shape()
         self.masks = _check_masks(masks, self._size())
         self.boxes = _check_boxes(boxes)
+
+    # The pixels: an array, or for the fast path's snapshot ``(bytes, shape)`` an array over
+    # those bytes, made when first needed (the Python log path, masks, ``Image(image)``).
+    _px: np.ndarray[Any, Any] | None = None
+    _snap: tuple[bytes, tuple[int, ...]] | None = None
+
+    @property
+    def _pixels(self) -> np.ndarray[Any, Any] | None:
+        px = self._px
+        if px is None and self._snap is not None:
+            payload, shape = self._snap
+            px = self._px = np.frombuffer(payload, np.uint8).reshape(shape)
+        return px
+
+    @_pixels.setter
+    def _pixels(self, value: np.ndarray[Any, Any] | None) -> None:
+        self._px, self._snap = value, None
 
     def _static_meta(self, shape: tuple[int, ...]) -> tuple[bytes, int]:
         """The fast path's ``_rs_fast`` head: ``_meta``'s fields packed, without the map header
