@@ -66,6 +66,7 @@ bench: install
 	$(BIN)/python bench/context_overhead.py
 	$(BIN)/python bench/file_upload.py
 	$(BIN)/python bench/media.py
+	$(BIN)/python bench/watch.py
 
 proto: install
 	$(BIN)/python scripts/gen_proto.py

@@ -21,9 +21,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runstream.errors import ConfigError, Error, RecordTooLargeError, SettingsError, UsageError
+from runstream.alerts import AlertLevel, alert
+from runstream.errors import (
+    ConfigError,
+    Error,
+    NotSupportedError,
+    RecordTooLargeError,
+    SettingsError,
+    UsageError,
+)
 from runstream.files import save_active as save
 from runstream.login import login
+from runstream.metric import Metric
+from runstream.metric import define_active as define_metric
 from runstream.read.api import (
     Api,
     ApiError,
@@ -36,6 +46,8 @@ from runstream.read.api import (
 from runstream.read.local import RunData, read_run
 from runstream.run import Run
 from runstream.session import finish, init
+from runstream.watch import unwatch_active as unwatch
+from runstream.watch import watch_active as watch
 
 if TYPE_CHECKING:
     from runstream.config import Config
@@ -89,6 +101,9 @@ class _PreInitConfig:
     def __setitem__(self, key: str, value: Any) -> None:
         raise UsageError(f"runstream.config[{key!r}]: call runstream.init() before using runstream.config")
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise UsageError(f"runstream.config.{key}: call runstream.init() before using runstream.config")
+
     def update(self, *args: Any, **kwargs: Any) -> None:
         raise UsageError("runstream.config.update: call runstream.init() before using runstream.config")
 
@@ -100,12 +115,35 @@ config: Config | _PreInitConfig = _PreInitConfig()  # run.config; before init, s
 summary: Summary | DisabledSummary | None = None  # run.summary, or None
 
 _MEDIA = ("Audio", "Histogram", "Html", "Image", "Molecule", "Object3D", "Plotly", "Table", "Video")
-_SUBMODULES = ("plot", "sklearn")
+_SUBMODULES = ("plot", "sklearn", "tensorboard")
+# The rest of W&B's module-level names (docs/compatibility.md): name -> "module:attribute",
+# loaded on first use.  Most are in runstream.compat (stand-ins raising NotSupportedError).
+_COMPAT_NAMES = (
+    "Artifact", "ArtifactTTL", "EvalTable", "Graph", "InternalApi", "JoinedTable", "Settings",
+    "agent", "attach", "controller", "ensure_configured", "link_model", "log_artifact",
+    "log_model", "mark_preempting", "patched", "pin_config_keys", "plot_table", "require",
+    "restore", "set_trace", "setup", "sweep", "teardown", "termerror", "termlog", "termsetup",
+    "termwarn", "use_artifact", "use_model", "util", "visualize",
+)  # fmt: skip
+_COMPAT = {name: f"runstream.compat:{name}" for name in _COMPAT_NAMES} | {
+    "Classes": "runstream.media.classes:Classes",
+    "box3d": "runstream.media.classes:box3d",
+    "CommError": "runstream.read.api:ApiError",
+    "PublicApi": "runstream.read.api:Api",
+    "Config": "runstream.config:Config",
+    "join": "runstream.session:finish",
+}
+
+_COMPAT_NAMESPACES = (
+    "api", "catboost", "gym", "helper", "jupyter", "keras", "lightgbm", "profiler", "sacred",
+    "sagemaker_auth", "tensorflow", "wandb_lib", "wandb_sdk", "wandb_torch", "xgboost",
+)  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
-    """``runstream.Image`` and the other media types, and ``runstream.plot``/``sklearn``: loaded
-    on first use, so ``import runstream`` does not import numpy."""
+    """``runstream.Image`` and the other media types, ``runstream.plot``/``sklearn``, and the rest
+    of W&B's names (``_COMPAT``, ``_COMPAT_NAMESPACES``; docs/compatibility.md): loaded on first
+    use, so ``import runstream`` does not import numpy."""
     if name in _MEDIA:
         import runstream.media
 
@@ -114,6 +152,15 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         value = importlib.import_module(f"runstream.{name}")
+    elif name in _COMPAT:
+        import importlib
+
+        module, attr = _COMPAT[name].split(":")
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _COMPAT_NAMESPACES:  # wandb.keras, wandb.api...: stand-ins (runstream.compat)
+        from runstream.compat import NAMESPACES
+
+        value = NAMESPACES[name]
     else:
         raise AttributeError(f"module 'runstream' has no attribute {name!r}")
     globals()[name] = value  # later lookups are plain attribute reads (``runstream.Image`` per step)
@@ -121,36 +168,82 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AlertLevel",
     "Api",
     "ApiError",
+    "Artifact",
+    "ArtifactTTL",
     "Audio",
+    "Classes",
+    "CommError",
+    "Config",
     "ConfigError",
     "ConflictError",
     "Error",
+    "EvalTable",
+    "Graph",
     "Histogram",
     "Html",
     "Image",
+    "InternalApi",
     "InvalidRequestError",
+    "JoinedTable",
+    "Metric",
     "Molecule",
     "NotFoundError",
+    "NotSupportedError",
     "Object3D",
     "PermissionDeniedError",
     "Plotly",
+    "PublicApi",
     "RecordTooLargeError",
     "Run",
     "RunData",
+    "Settings",
     "SettingsError",
     "Table",
     "UnauthorizedError",
     "UsageError",
     "Video",
+    "agent",
+    "alert",
+    "attach",
+    "box3d",
     "config",
+    "controller",
+    "define_metric",
+    "ensure_configured",
     "finish",
     "init",
+    "join",
+    "link_model",
     "log",
+    "log_artifact",
+    "log_model",
     "login",
+    "mark_preempting",
+    "patched",
+    "pin_config_keys",
+    "plot",
+    "plot_table",
     "read_run",
+    "require",
+    "restore",
     "run",
     "save",
+    "set_trace",
+    "setup",
     "summary",
+    "sweep",
+    "teardown",
+    "termerror",
+    "termlog",
+    "termsetup",
+    "termwarn",
+    "unwatch",
+    "use_artifact",
+    "use_model",
+    "util",
+    "visualize",
+    "watch",
 ]

@@ -101,9 +101,9 @@ class Config:
                 "allow_val_change=True to config.update() (or to runstream.init())."
             )
         if delta:
-            self._items.update(delta)
-            if self._emit is not None:
+            if self._emit is not None:  # first: an emit that refuses (a finished run) stores nothing
                 self._emit(delta)
+            self._items.update(delta)
 
     # --- reading ----------------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:

@@ -79,9 +79,10 @@ class DisabledRun:
     (same ``allow_val_change`` rule as a tracked run); ``summary`` is an in-memory dict with
     attribute access.
 
-    ``log``, ``save`` (which returns ``None``), ``finish`` and the W&B calls runstream does not
-    implement (``watch``, ``alert``, ``log_artifact``...; any other method name too) accept
-    their arguments and do nothing.  Nothing blocks, nothing raises for back-pressure, and no
+    ``log``, ``save`` (which returns ``None``), ``finish`` and every other W&B call (any other
+    method name too) accept their arguments and do nothing; the artifact calls return an inert
+    ``runstream.Artifact`` and ``use_model`` a path, where W&B returns them
+    (docs/compatibility.md).  Nothing blocks, nothing raises for back-pressure, and no
     file, directory, process or connection is made.  Like ``Run``, it belongs to one thread at
     a time.
     """
@@ -110,6 +111,45 @@ class DisabledRun:
         self.disabled = True
         self.offline = False
         self.mode = "disabled"
+        # The rest of W&B's Run attributes that are values, not calls (docs/compatibility.md).
+        self.sync_dir = self.dir
+        self.sweep_id: str | None = None
+        self.starting_step = 0
+        self.project_url: str | None = None
+        self.sweep_url: str | None = None
+
+    @property
+    def config_static(self) -> dict[str, Any]:
+        from runstream.run_compat import ConfigStatic
+
+        return ConfigStatic(self.config.as_dict())
+
+    # W&B's calls that return an object: a harmless one here (runstream.compat.Inert and an
+    # inert Artifact), so that code using the result goes on.
+    def use_artifact(self, *args: Any, **kwargs: Any) -> Any:
+        from runstream.compat import disabled_artifact
+
+        return disabled_artifact(*args, **kwargs)
+
+    log_artifact = link_artifact = upsert_artifact = finish_artifact = use_artifact
+    log_model = link_model = use_artifact
+
+    def use_model(self, *args: Any, **kwargs: Any) -> str:
+        return self.dir  # W&B returns the downloaded model's path
+
+    def status(self) -> Any:
+        from runstream.run_compat import RunStatus
+
+        return RunStatus()
+
+    def display(self, *args: Any, **kwargs: Any) -> bool:
+        return False
+
+    def to_html(self, *args: Any, **kwargs: Any) -> str:
+        return ""
+
+    def project_name(self) -> str:
+        return self.project
 
     def log(
         self, data: Any, step: int | None = None, commit: bool | None = None, sync: bool | None = None
@@ -128,8 +168,10 @@ class DisabledRun:
     def alert(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def define_metric(self, *args: Any, **kwargs: Any) -> None:
-        pass
+    def define_metric(self, name: Any = "", *args: Any, **kwargs: Any) -> Any:
+        from runstream.metric import Metric
+
+        return Metric(str(name))  # W&B returns a Metric in disabled mode too; nothing is recorded
 
     def mark_preempting(self) -> None:
         pass

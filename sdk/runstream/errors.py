@@ -21,3 +21,9 @@ class SettingsError(Error, ValueError):
 
 class RecordTooLargeError(Error, ValueError):
     """One record is larger than the ring can ever hold."""
+
+
+class NotSupportedError(Error, NotImplementedError):
+    """A W&B feature runstream does not have yet (artifacts, sweeps...); the message says what
+    is missing and what to do instead.  Under ``mode="disabled"`` such calls do nothing instead.
+    """

@@ -120,7 +120,7 @@ def _link(source: str, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def save_active(glob_str: Any, base_path: Any = None, policy: str = "live") -> list[str] | None:
+def save_active(glob_str: Any = None, base_path: Any = None, policy: str = "live") -> list[str] | bool | None:
     """``runstream.save``: keep files with the active run; :meth:`Run.save` has the details.
 
     Args:
@@ -130,7 +130,8 @@ def save_active(glob_str: Any, base_path: Any = None, policy: str = "live") -> l
 
     Returns:
         The paths under the run's ``files/`` that were saved (``[]`` when nothing matched);
-        ``None`` for a disabled run, which saves nothing.
+        ``None`` for a disabled run, which saves nothing; ``True`` for ``save()`` without
+        arguments (old W&B's "persist the run", which runstream does as changes are made).
 
     Raises:
         UsageError: No run is active, or it is finished.

@@ -31,9 +31,10 @@ import ormsgpack
 from runstream import ring as _ring
 from runstream.errors import UsageError
 from runstream.format import record as rec
-from runstream.format.fold import flatten
+from runstream.format.fold import NestedReads, flatten
 from runstream.format.ring_layout import W_STEP_REGRESSIONS
 from runstream.ring import RingWriter
+from runstream.run_compat import RunCompat
 
 if TYPE_CHECKING:
     from runstream.config import Config
@@ -126,8 +127,10 @@ class Summary:
             out.update(flatten(rec.unpack_body(run._last_body)))
         for k in self._deleted:
             out.pop(k, None)
+        if run._metric_rules is not None:  # summary="none" hides a key here too (docs/metrics.md)
+            out = {k: v for k, v in out.items() if not (run._metric_rules.resolve(k) or {}).get("none")}
         out.update(self._pinned)
-        return out
+        return NestedReads(out)  # summary["nested"] reads the nested/... keys as a dict
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.update({key: value})
@@ -136,11 +139,18 @@ class Summary:
         return self._view()[key]
 
     def __delitem__(self, key: str) -> None:
-        if key not in self._view():
-            raise KeyError(key)
-        self._pinned.pop(key, None)
-        self._deleted.add(key)
-        self._run._emit(rec.KIND_SUMMARY, {"del": [key]})
+        self._run._check_live("run.summary")
+        view = self._view()
+        if dict.__contains__(view, key):
+            keys = [key]
+        else:  # a nested value: every key under it
+            keys = [k for k in view if k.startswith(f"{key}/")]
+            if not keys:
+                raise KeyError(key)
+        for k in keys:
+            self._pinned.pop(k, None)
+        self._deleted.update(keys)
+        self._run._emit(rec.KIND_SUMMARY, {"del": keys})
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
@@ -166,7 +176,9 @@ class Summary:
     def update(self, d: Mapping[str, Any]) -> None:
         """Pin the keys of ``d`` (nested dicts as ``a/b`` keys).  A value ``log`` would refuse
         (too deep, containing itself, not serialisable, a key that is not a str or number) raises
-        ``TypeError``/``ValueError`` naming its key path, and nothing of ``d`` is pinned."""
+        ``TypeError``/``ValueError`` naming its key path, and nothing of ``d`` is pinned.
+        After ``finish`` it raises ``UsageError``, as W&B does."""
+        self._run._check_live("run.summary")
         rec.check_nesting(dict(d), "summary")  # before flatten, which recurses
         flat = flatten(dict(d))
         try:
@@ -222,7 +234,7 @@ else:
     _RunBase = _ring._ringfast.RunCore
 
 
-class Run(_RunBase):
+class Run(_RunBase, RunCompat):
     """One tracked run, as seen from the training process: what ``runstream.init`` returns
     (``mode="disabled"`` returns a :class:`~runstream.disabled.DisabledRun` instead).
 
@@ -241,7 +253,8 @@ class Run(_RunBase):
             assigning or ``update`` adds them.  Changing a key's value raises ``ConfigError``
             unless ``init(allow_val_change=True)`` or ``update(..., allow_val_change=True)``.
         summary (Summary): Each history key's last logged value, unless a value was set here,
-            which pins the key (later ``log`` calls no longer change it).  The full summary is
+            which pins the key (later ``log`` calls no longer change it, nor ``define_metric``
+            rules; wandb 0.31 differs, docs/metrics.md).  The full summary is
             computed from the journal; read in-process it shows the pinned keys and those of
             the last committed row.
         project, entity, group, job_type (str | None): As resolved by ``init``.
@@ -250,8 +263,10 @@ class Run(_RunBase):
         mode (str): ``"online"`` (streaming to a server) or ``"offline"``.
 
     A ``Run`` is a context manager: leaving the ``with`` block finishes it, as failed (exit code
-    1) when an exception is propagating.  ``watch``, ``define_metric`` and ``mark_preempting``
-    are accepted for W&B compatibility and do nothing.
+    1) when an exception is propagating.  The rest of W&B's ``Run`` surface (``url``,
+    ``resumed``, ``offline``, ``starting_step``, ``log_code``, ``restore``, ``mark_preempting``,
+    the artifact calls, which raise ``NotSupportedError``...) is in
+    :class:`runstream.run_compat.RunCompat` (docs/compatibility.md).
 
     ``log`` is the hot path.  When the C extension is built (``runstream.ring.NATIVE``),
     ``Run.log`` is C code whose own docstring is a one-liner; its full documentation is that of
@@ -290,12 +305,17 @@ class Run(_RunBase):
         self._media: Any = None  # runstream.media.pack.MediaPacker, made at the first media row
         self._media_next_id = 1  # the next MEDIA record's id (RunCore's C log takes them too)
         self._media_inline_max = 0  # > 0 once the packer exists: C log's media fast path is on
+        self._watcher: Any = None  # runstream.watch.Watcher, made by the first watch()
         self._last_body: bytes | None = None
+        self._metric_rules: Any = None  # runstream.format.metrics.MetricRules, at define_metric
         self._regression_warned = False
+        self._alerts: Any = None  # runstream.alerts.AlertLimiter, made at the first alert
         self._finished = False
         self._sidecar: SidecarSupervisor | None = None
         self._pid = os.getpid()
         self.start_time = _time()
+        self._starting_step = start_step
+        self._resumed = False  # set by init when it continues an existing run
         self._tags = tuple(settings.tags)
         self._notes = settings.notes
         self.project = settings.project
@@ -314,6 +334,7 @@ class Run(_RunBase):
 
     @name.setter
     def name(self, value: str) -> None:
+        self._check_live("run.name")
         self._name = str(value)
         self._emit(rec.KIND_RUN, {"name": self._name})
 
@@ -323,6 +344,7 @@ class Run(_RunBase):
 
     @tags.setter
     def tags(self, value: Any) -> None:
+        self._check_live("run.tags")
         self._tags = tuple(str(t) for t in value)
         self._emit(rec.KIND_RUN, {"tags": list(self._tags)})
 
@@ -332,6 +354,7 @@ class Run(_RunBase):
 
     @notes.setter
     def notes(self, value: str | None) -> None:
+        self._check_live("run.notes")
         # A str as for ``name``: the server keeps notes in a text column, and a dict there (which
         # the record would carry as it is) is not something every reader can show or store.
         self._notes = None if value is None else str(value)
@@ -533,6 +556,8 @@ class Run(_RunBase):
     def _commit_pending(self) -> None:
         if self._pending is None:
             return
+        if self._watcher is not None:  # watch(): histograms made on the device, read now
+            self._watcher.fill(self._pending)
         t = _time()
         if self._pending_media:  # its MEDIA records go into the ring first, then the row
             self._pending_media = False
@@ -604,7 +629,7 @@ class Run(_RunBase):
             return
         self._push(kind, 0, _time(), rec.pack_body(value))
 
-    def save(self, glob_str: Any, base_path: Any = None, policy: str = "live") -> list[str]:
+    def save(self, glob_str: Any = None, base_path: Any = None, policy: str = "live") -> list[str] | bool:
         """Keep files with the run (W&B's ``save``; docs/files.md).
 
         Each file that ``glob_str`` matches now (files created later are not picked up) is kept
@@ -631,7 +656,12 @@ class Run(_RunBase):
         The call lists the matching files and, for ``live`` and ``end``, symlinks them into
         ``files/``; it reads no file's content.  Copying (``now``), hashing and uploading happen
         in the sidecar, so a large file does not stall training.
+
+        ``save()`` with no arguments (old W&B: "persist the run's attributes") returns ``True``
+        and does nothing: runstream records each change as it is made.
         """
+        if glob_str is None and base_path is None:
+            return True
         from runstream.files import save
 
         return save(self, glob_str, base_path, policy)
@@ -670,6 +700,8 @@ class Run(_RunBase):
         """
         from runstream.session import finish_run
 
+        if self._watcher is not None:  # hooks off the models; histograms taken still go in the last row
+            self._watcher.remove()
         finish_run(self, exit_code)
 
     def __enter__(self) -> Run:
@@ -679,12 +711,147 @@ class Run(_RunBase):
         self.finish(exit_code=0 if exc_type is None else 1)
         return False
 
-    # W&B calls that have no effect yet in runstream; accepted so scripts run unchanged.
-    def watch(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    def alert(
+        self,
+        title: str,
+        text: str,
+        level: Any = None,
+        wait_duration: Any = None,
+    ) -> bool:
+        """Record an alert with the run; the server lists it and POSTs it to the webhook set up
+        for the run's entity (W&B's ``run.alert``; docs/alerts.md).
 
-    def define_metric(self, *args: Any, **kwargs: Any) -> None:
-        return None
+        Args:
+            title: A short name, 1 to 64 characters; also the key of the rate limit.
+            text: The message (a str; past 16,384 characters it is cut, and says so).
+            level: ``runstream.AlertLevel.INFO`` (the default, also for ``None``), ``WARN`` or
+                ``ERROR``, or the level's name as a str (any case).
+            wait_duration: Seconds (int or float) or a ``datetime.timedelta``: alerts with this
+                title are dropped until this long after the last one recorded.  ``None`` or 0:
+                one minute, as in W&B.
 
-    def mark_preempting(self) -> None:
+        Returns:
+            True when the alert was recorded; False when the rate limit dropped it (the next
+            recorded alert with this title counts it in its ``suppressed`` field).
+
+        Raises:
+            TypeError: ``title`` or ``text`` is not a str, ``level`` is not an ``AlertLevel``
+                or str, or ``wait_duration`` is not a number or timedelta.
+            ValueError: An empty or too long title, an unknown level name, or a negative or
+                non-finite ``wait_duration``.
+            UsageError: The run is finished.
+
+        Like ``log``, it never blocks: one small record goes into the ring (or the bounded
+        overflow), and storage and delivery happen in the sidecar and the server.
+        """
+        from runstream.alerts import record_alert
+
+        return record_alert(self, title, text, level, wait_duration)
+
+    def watch(
+        self,
+        models: Any,
+        criterion: Any = None,
+        log: Literal["gradients", "parameters", "all"] | None = "gradients",
+        log_freq: int = 1000,
+        idx: int | None = None,
+        log_graph: bool = False,
+    ) -> None:
+        """Log histograms of a torch model's gradients and/or parameters (docs/watch.md).
+
+        Every ``log_freq`` batches, 64-bin histograms of each parameter's gradient (under
+        ``gradients/<prefix><name>``) and/or value (``parameters/<prefix><name>``) go into the
+        history row that the next committing ``log`` writes, as W&B's ``watch`` does.  The
+        prefix is empty for the first model watched in the run and ``graph_<i>`` for the i-th
+        after it.  Histograms are computed on the tensor's device without waiting for it; the
+        batches in between cost one counter per model.  Hooks never call collectives, so DDP
+        ranks may watch differently; an FSDP (DTensor) parameter is histogrammed from this
+        rank's shard.
+
+        Args:
+            models: A ``torch.nn.Module`` or a list/tuple of them.
+            criterion: Accepted for compatibility with W&B (it only feeds the graph); unused.
+            log: ``"gradients"``, ``"parameters"``, ``"all"`` or ``None`` (nothing).
+            log_freq: Log every this many batches (forward passes of the model, W&B's count;
+                0 is taken as 1).
+            idx: The index of the first model, for the ``graph_<idx>`` prefix; by default the
+                number of models watched so far in this run.
+            log_graph: Accepted; the graph is not recorded (one warning says so).
+
+        Raises:
+            ImportError: torch cannot be imported.
+            TypeError: A model is not a ``torch.nn.Module``.
+            ValueError: ``log``, ``log_freq`` or ``idx`` is invalid, or a model is already
+                watched by this run.
+            UsageError: The run is finished.
+
+        Non-blocking: the call only registers hooks.  Each logged row then reads its
+        histograms from the device in one copy per device (docs/watch.md, "Cost").
+        """
+        if self._finished:
+            raise UsageError(f"run {self._id} is finished; call runstream.init() to start another run")
+        from runstream.watch import watcher_of
+
+        watcher_of(self).add(models, log, log_freq, idx, log_graph)
+
+    def unwatch(self, models: Any = None) -> None:
+        """Stop watching ``models`` (a module or a list of them; by default every watched model).
+
+        The hooks are removed; histograms already taken still go into the next committed row.
+        A model that is not watched gets a warning on stderr.
+        """
+        if self._watcher is not None:
+            self._watcher.remove(models)
+        elif models is not None:
+            print("runstream: warning: unwatch: no model is watched", file=sys.stderr)
+
+    def define_metric(
+        self,
+        name: str,
+        step_metric: Any = None,
+        step_sync: bool | None = None,
+        hidden: bool | None = None,
+        summary: str | None = None,
+        goal: str | None = None,
+        overwrite: bool | None = None,
+    ) -> Any:
+        """Say how a metric is summarised and charted (W&B's ``define_metric``; docs/metrics.md).
+
+        Args:
+            name: A logged key (``"loss"``, ``"train/loss"`` for a nested ``{"train": {"loss"}}``)
+                or a glob ending in ``*`` (``"train/*"``) covering every key with that prefix
+                that has no definition of its own (the longest matching glob wins; keys starting
+                with ``_`` are never covered).
+            step_metric: A key (or a ``Metric``) the dashboard uses as this metric's default x axis.
+            step_sync: Fill ``step_metric``'s latest value into rows that log this metric without
+                it (in the run's history as read back); defaults to True when ``step_metric`` is given.
+            hidden: Leave this metric out of the dashboard's automatic charts.
+            summary: Comma-separated operations: ``"min"``, ``"max"``, ``"mean"``, ``"first"``,
+                ``"last"``, ``"best"`` (min or max, by ``goal``), ``"copy"`` (accepted, no effect)
+                and ``"none"`` (no summary for the key).  With any of the first six, the key's
+                summary is a dict of them: ``{"min": 0.1, "max": 0.9}``.
+            goal: ``"minimize"`` or ``"maximize"`` (or ``"min"``/``"max"``): what ``"best"`` means.
+            overwrite: True replaces an earlier definition of ``name``; otherwise the calls merge
+                (later options win, summary operations add up).
+
+        Returns:
+            A ``runstream.metric.Metric`` holding the call's arguments; it can be discarded.
+
+        Raises:
+            runstream.metric.MetricError: (an ``Error`` and a ``ValueError``) an argument of the
+                wrong type, an unknown summary operation or goal, ``"*"`` other than at the end
+                of ``name``, or ``"best"`` without a goal.  Nothing is recorded.
+
+        Non-blocking: one small METRIC record goes into the ring; the summary rules are applied
+        where records are folded (``read_run``, ``summary.json``, the server), so ``log`` costs
+        the same as before.  In this process ``run.summary`` shows each key's last value (and
+        hides ``"none"`` keys): min/max/mean need every row, which only the fold sees.  After
+        ``finish`` the call is checked and returns a ``Metric``, but records nothing.
+        """
+        from runstream.metric import define
+
+        return define(self, name, step_metric, step_sync, hidden, summary, goal, overwrite)
+
+    def _label(self, *args: Any, **kwargs: Any) -> None:
+        # W&B's integration telemetry tag (HF's Trainer calls run._label(code=...)); nothing to record.
         return None

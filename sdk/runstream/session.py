@@ -107,8 +107,6 @@ def _resume_target(settings: Settings, resume: Any, run_id: str | None) -> Path 
 # ``force`` change nothing here whatever their value, so they are accepted silently.
 _UNSUPPORTED = {
     "magic": "W&B's automatic framework instrumentation",
-    "tensorboard": "syncing TensorBoard event files",
-    "sync_tensorboard": "syncing TensorBoard event files",
     "monitor_gym": "recording OpenAI Gym videos",
     "fork_from": "forking a new run from a step of another run",
     "resume_from": "rewinding a run to an earlier step",
@@ -208,8 +206,10 @@ def init(
         force: Accepted for compatibility; no effect (runstream without a server runs
             offline).
         tensorboard: W&B's alias of ``sync_tensorboard``.
-        sync_tensorboard: TensorBoard syncing is not supported: a true value warns that it has
-            no effect.
+        sync_tensorboard: Log what ``torch.utils.tensorboard``/``tensorboardX`` writers created
+            after ``init`` write (scalars, histograms, images, text) into the run as well, at
+            their ``global_step``; read on a background thread, flushed at ``finish``
+            (docs/tensorboard.md).
         monitor_gym: Gym video recording is not supported: a true value warns that it has no
             effect.
         save_code: Keep a copy of the entry-point script with the run (overrides the
@@ -259,16 +259,14 @@ def init(
         (then raising ``UsageError``).
 
     ``init`` and ``finish`` serialise on a lock, and a process has at most one active run.
-    The W&B parameters that ask for a feature runstream lacks (``magic``, ``tensorboard``,
-    ``sync_tensorboard``, ``monitor_gym`` with a true value; ``fork_from``, ``resume_from``
+    The W&B parameters that ask for a feature runstream lacks (``magic``, ``monitor_gym``
+    with a true value; ``fork_from``, ``resume_from``
     with any value) each give one ``RuntimeWarning`` per call, in every mode, before anything
     else happens.
     """
     _warn_unsupported(
         {
             "magic": magic,
-            "tensorboard": tensorboard,
-            "sync_tensorboard": sync_tensorboard,
             "monitor_gym": monitor_gym,
             "fork_from": fork_from,
             "resume_from": resume_from,
@@ -316,7 +314,12 @@ def init(
                 target = _find_local_run(s.root_dir, run_id)
         if target is not None:
             remote = None  # the local journal knows where the run stands
-        return _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, online, resume, remote)
+        new = _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, online, resume, remote)
+        if sync_tensorboard or tensorboard or "runstream.tensorboard" in sys.modules:  # asked, or patch()
+            from runstream.tensorboard import start as start_tensorboard
+
+            start_tensorboard(new, bool(sync_tensorboard or tensorboard))
+        return new
 
 
 @dataclass(frozen=True)
@@ -380,6 +383,7 @@ class _Origin:
     start_step: int = 0
     first_seq: int = 1
     prior_config: dict[str, Any] = field(default_factory=dict)
+    prior_metrics: dict[str, Any] = field(default_factory=dict)  # define_metric's, by name
 
 
 def _start(
@@ -401,6 +405,10 @@ def _start(
     ring, writer = _open_ring(s, origin)
     run = _make_run(s, origin, ring, writer, allow_val_change)
     meta = _write_first_records(run, origin, cfg_dict, allow_val_change)
+    if origin.prior_metrics:  # define_metric calls made before the resume hold (docs/metrics.md)
+        from runstream.metric import restore
+
+        restore(run, origin.prior_metrics, emit=not origin.resumed_locally)
     writer_id = _write_run_json(origin.run_dir, meta)
     continuing = origin.resumed_locally or bool(remote)
     extra_args, extra_env = _sidecar_options(s, online, origin.run_id, writer_id, continuing, resume)
@@ -429,6 +437,7 @@ def _locate_run(
             start_step=state.last_step + 1,
             first_seq=state.last_seq + 1,
             prior_config=state.config,
+            prior_metrics=state.metrics.public() if state.metrics is not None else {},
         )
     run_id = run_id or new_run_id()
     name = s.name or (remote or {}).get("name") or new_run_name()
@@ -442,6 +451,7 @@ def _locate_run(
     if remote is not None:  # resumed from the server's copy on a machine without the run dir
         origin.start_step = int(remote.get("last_step", -1)) + 1
         origin.prior_config = dict(remote.get("config") or {})
+        origin.prior_metrics = dict(remote.get("metrics") or {})
     return origin
 
 
@@ -472,6 +482,7 @@ def _make_run(s: Settings, origin: _Origin, ring: RingMap, writer: RingWriter, a
     config._allow_val_change = allow_val_change
     run = Run(s, origin.run_id, origin.name, origin.run_dir, config, writer, start_step=origin.start_step)
     run._ring = ring  # type: ignore[attr-defined]
+    run._resumed = origin.resumed
     return run
 
 
@@ -503,7 +514,12 @@ def _write_first_records(
         meta.pop("start_time")  # runtime keeps counting from the first start
     run._emit(rec.KIND_RUN, meta)
     config = run.config
-    config._emit = lambda delta: run._emit(rec.KIND_CONFIG, delta)
+
+    def emit_config(delta: dict[str, Any]) -> None:
+        run._check_live("run.config")  # after finish: raise, as W&B does, and store nothing
+        run._emit(rec.KIND_CONFIG, delta)
+
+    config._emit = emit_config
     config.update(cfg_dict, allow_val_change=True if origin.resumed_locally else allow_val_change)
     if not cfg_dict:
         run._emit(rec.KIND_CONFIG, {})  # so config.yaml exists from the start
@@ -614,6 +630,10 @@ def finish_run(run: Run, exit_code: int | None) -> None:
     with _lock:
         if run._finished:
             return
+        if getattr(run, "_tensorboard", None) is not None:  # its last rows go in before the pending one
+            from runstream.tensorboard import finish as finish_tensorboard
+
+            finish_tensorboard(run)
         s = run._settings
         run._commit_pending()
         writer = run._writer

@@ -176,8 +176,6 @@ def test_every_wandb_parameter_is_accepted(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("param", "value"),
     [
-        ("sync_tensorboard", True),
-        ("tensorboard", True),
         ("monitor_gym", True),
         ("magic", True),
         ("fork_from", "other-run?_step=10"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from runstream_ingest.server.alert_config import webhook_arg
 from runstream_ingest.server.auth.keys_cli import DB_NAME, DEFAULT_DATA_DIR, data_dir
 
 __all__ = ["DB_NAME", "DEFAULT_DATA_DIR", "DEFAULT_PORT", "add_server_args", "data_dir"]
@@ -96,4 +97,31 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         type=_positive(float),
         default=None,
         help="seconds an unfinished upload may go untouched before it is removed (default 86400)",
+    )
+    # Alerts (docs/alerts.md): where runstream.alert calls are POSTed, per entity.
+    p.add_argument(
+        "--alert-webhook",
+        action="append",
+        type=webhook_arg,
+        default=[],
+        metavar="ENTITY=URL",
+        help="POST the alerts of ENTITY's runs to URL (JSON; Slack incoming webhooks accepted); "
+        "repeat for more entities; *=URL for every entity without its own",
+    )
+    p.add_argument(
+        "--public-url",
+        default=None,
+        help="the dashboard's address as users reach it, for links in alerts (default: the address served)",
+    )
+    p.add_argument(
+        "--alert-retry-base",
+        type=_positive(float),
+        default=1.0,
+        help="seconds before retrying a failed alert delivery; doubles per attempt, at most 300 (default 1)",
+    )
+    p.add_argument(
+        "--alert-max-attempts",
+        type=_positive(int),
+        default=10,
+        help="delivery attempts of one alert before it is marked failed (default 10)",
     )

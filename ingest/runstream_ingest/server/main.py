@@ -26,6 +26,8 @@ import grpc
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from runstream_ingest.server.alert_config import parse_webhooks
+from runstream_ingest.server.alerts import AlertDelivery
 from runstream_ingest.server.args import DB_NAME, data_dir
 from runstream_ingest.server.auth.guard import Authenticator, auth_required, insecure_warning
 from runstream_ingest.server.auth.keys import KeyStore
@@ -191,6 +193,7 @@ class Server:
         self.touched: set[str] = set()  # runs stored to since the last compaction pass
         self.live = LiveHub()  # dashboards following runs (server-sent events)
         self.ingest = IngestService(self.storage, self.auth, self.store, self.limits, on_stored=self._stored)
+        self.webhooks = parse_webhooks(args.alert_webhook)  # args.py checked each; this, repeats
         self._stop = asyncio.Event()
 
     def _stored(self, run_path: str, acked: int) -> None:
@@ -270,9 +273,16 @@ class Server:
         # Everything made so far (modules, gRPC, the app) lives as long as the server: the
         # collector need not walk it again and again while batches come in.
         gc.freeze()
+        alerts = AlertDelivery(
+            self.storage, self.readers, self.writer, self.webhooks,
+            a.public_url or f"{scheme}://{a.host}:{http_port}",
+            retry_base=a.alert_retry_base, max_attempts=a.alert_max_attempts,
+        )  # fmt: skip
+        alerts.start()
         janitor = asyncio.create_task(self._janitor())
         await self._stop.wait()
         janitor.cancel()
+        await alerts.stop()
         await server.stop(grace=3)
         await runner.cleanup()
         self.writer.shutdown(wait=True)
@@ -307,4 +317,9 @@ class Server:
 
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        parse_webhooks(args.alert_webhook)
+    except ValueError as e:  # an entity given twice (args.py checked each option alone)
+        print(f"runstream server: {e}", file=sys.stderr)
+        return 2
     return asyncio.run(Server(args).run())

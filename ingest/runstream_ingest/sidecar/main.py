@@ -91,7 +91,7 @@ FINAL_WRITE_TIMEOUT = 30.0  # at exit, how long to keep retrying a failing disk 
 JOURNAL_RESERVE = 64 << 10
 # Records kept when the sidecar gives up on a full disk: they are few and small, and without them
 # the run would lose its metadata or read as crashed.  Rows (and file requests) are counted lost.
-KEEP_ON_GIVE_UP = frozenset({rec.KIND_RUN, rec.KIND_CONFIG, rec.KIND_SUMMARY, rec.KIND_EXIT})
+KEEP_ON_GIVE_UP = frozenset({rec.KIND_RUN, rec.KIND_CONFIG, rec.KIND_SUMMARY, rec.KIND_EXIT, rec.KIND_METRIC})
 SUMMARY_BACKLOG = 256 << 20  # bytes of journaled batches waiting to be folded into the summary
 MEDIA_HELD_MAX = 64 << 20  # bytes of spans waiting for their media to be encoded (media/stage.py)
 SUMMARY_SLICE = 0.004  # seconds of summary folding per caught-up pass

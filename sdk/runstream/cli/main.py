@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runstream.errors import Error
-from runstream.format.fold import json_safe
+from runstream.format.fold import flatten, json_safe
 from runstream.read.local import RunData, read_run
 
 
@@ -33,7 +33,7 @@ def print_run(data: RunData) -> None:
         ("run", f"{r.get('name')} ({r.get('id')})  {r.get('entity')}/{r.get('project')}  {ended}"),
         ("dir", str(data.path)),
         ("config", _pairs(data.config)),
-        ("summary", _pairs(data.summary)),
+        ("summary", _pairs(flatten(data.summary))),  # {"min": .., "max": ..} as loss/min, loss/max
         ("history", f"{data.history_rows} rows; keys: {', '.join(data.history_keys) or '(none)'}"),
         ("first row", _short(data.first_row, 200) if data.first_row else "-"),
         ("last row", _short(data.last_row, 200) if data.last_row else "-"),
@@ -108,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     add_keys_parser(srv_sub)
 
     add_login_parser(sub)
+
+    from runstream.cli.import_tensorboard import add_import_tensorboard_parser
+
+    add_import_tensorboard_parser(sub)
+
+    from runstream.cli.as_wandb import add_as_wandb_parser
+
+    add_as_wandb_parser(sub)
 
     syn = sub.add_parser("sync", help="upload runs (or what of them is not yet acknowledged)")
     syn.add_argument("run_dirs", nargs="*", help="run directories")

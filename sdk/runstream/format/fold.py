@@ -3,7 +3,9 @@
 The SDK reads a run back with it (``runstream.read.local``: ``read_run``, ``runstream inspect``),
 and the sidecar uses the same fold to write ``files/summary.json`` at finish, which keeps summary
 work off ``log``'s hot path.  The rules (docs/run-dir.md, "Reading a run"): the summary is every
-key's last logged value, overridden by what the user pinned; nested dicts read as ``a/b`` keys.
+key's last logged value, overridden by what the user pinned; nested dicts read as ``a/b`` keys
+(and, in the summary, also as nested dicts: ``NestedReads``).  ``define_metric``'s definitions
+(METRIC records, ``format/metrics.py``) make a key's summary ``{"min": .., "max": ..}`` or drop it.
 
 Concurrency contract: a ``RunState`` belongs to one thread.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import msgpack
 
 from runstream.format import record as rec
+from runstream.format.metrics import MetricRules
 
 STATS_KEYS = {
     "dropped_records": "_runstream/dropped_records",
@@ -51,6 +54,48 @@ def flatten(d: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class NestedReads(dict[str, Any]):
+    """A summary: flat ``a/b`` keys (as shown), whose prefixes also read as nested dicts.
+
+    ``summary.update({"nested": {"a": 1}})`` stores ``nested/a``; ``s["nested"]`` then returns
+    ``{"a": 1}``, as W&B's summary reads it back.  Iterating, ``len`` and JSON see the flat keys.
+    """
+
+    def __missing__(self, key: str) -> Any:
+        nested = unflatten_prefix(self, key)
+        if nested is None:
+            raise KeyError(key)
+        return nested
+
+    def __contains__(self, key: object) -> bool:
+        if dict.__contains__(self, key):
+            return True
+        return isinstance(key, str) and unflatten_prefix(self, key) is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+def unflatten_prefix(flat: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The ``key/...`` entries of ``flat`` as one nested dict, or None when there are none."""
+    prefix = key + "/"
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        if isinstance(k, str) and k.startswith(prefix):
+            node = out
+            *parents, leaf = k[len(prefix) :].split("/")
+            for p in parents:
+                child = node.get(p)
+                if not isinstance(child, dict):
+                    child = node[p] = {}
+                node = child
+            node[leaf] = v
+    return out or None
+
+
 @dataclass
 class RunState:
     keep_rows: bool = True
@@ -66,6 +111,10 @@ class RunState:
     unpinned: set[str] = field(default_factory=set)
     stats: dict[str, int] = field(default_factory=dict)
     exit: dict[str, Any] | None = None
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # runstream.alert, in order
+    # define_metric's definitions and aggregates (format/metrics.py); None until the first one,
+    # so a run without definitions pays nothing per row
+    metrics: MetricRules | None = None
     last_seq: int = 0
     records: int = 0
     start_time: float | None = None
@@ -97,6 +146,12 @@ class RunState:
                 self.stats.update(r.value())
             elif r.kind == rec.KIND_EXIT:
                 self.exit = r.value()
+            elif r.kind == rec.KIND_ALERT:
+                self.alerts.append(r.value())
+            elif r.kind == rec.KIND_METRIC:
+                if self.metrics is None:
+                    self.metrics = MetricRules()
+                self.metrics.define(r.value())
 
     def _row(self, r: rec.Record) -> None:
         data = unpack_fast(r.body)
@@ -105,6 +160,8 @@ class RunState:
         self.row_count += 1
         self.last_step = r.step
         self._last_time = r.time
+        if self.metrics is not None:  # step_sync fills, min/max/mean counted (format/metrics.py)
+            self.metrics.row(data)
         if not self.keep_rows:  # summary only: the cheapest fold (the sidecar's, at 100k+ rows/s)
             self.latest.update(data)
             return
@@ -131,6 +188,9 @@ class RunState:
             t = self._last_time
             latest = {**latest, "_step": self.last_step, "_timestamp": t, "_runtime": t - start}
         out = {str(k): v for k, v in latest.items() if k not in self.unpinned}
+        if self.metrics is not None:
+            out = self.metrics.apply(out)
+        out = NestedReads(out)
         out.update(self.pinned)
         for name, key in STATS_KEYS.items():
             if self.stats.get(name):

@@ -48,6 +48,10 @@ KIND_FILE = 9  # a file kept with the run: {"path", "policy"}; once uploaded als
 # and replaces, before the journal, with {"id", "key", "pointer" | "error"}; the row after it holds
 # {"_rs_media": id} where the media goes, which the sidecar replaces with the pointer.
 KIND_MEDIA = 10
+# A define_metric call: {"name", and the options given: "step_metric", "step_sync", "hidden",
+# "summary": [op, ...], "goal", "overwrite"} (docs/ring-format.md, "METRIC"; format/metrics.py).
+KIND_METRIC = 11
+KIND_ALERT = 12  # runstream.alert: {"title", "text", "level", "wait_duration", "time", ...}
 
 KIND_NAMES = {
     KIND_PAD: "pad",
@@ -61,6 +65,8 @@ KIND_NAMES = {
     KIND_CONSOLE: "console",
     KIND_FILE: "file",
     KIND_MEDIA: "media",
+    KIND_METRIC: "metric",
+    KIND_ALERT: "alert",
 }
 
 # The sidecar's own writer (system metrics, console, environment, files) is a second writer of the

@@ -7,6 +7,7 @@ this package (it imports numpy); ``runstream.Image`` and the others load it on f
 """
 
 from runstream.media.chart import CustomChart
+from runstream.media.classes import Classes, box3d
 from runstream.media.histogram import Histogram
 from runstream.media.image import Image
 from runstream.media.others import Audio, Html, Molecule, Object3D, Plotly, Video
@@ -14,6 +15,7 @@ from runstream.media.table import Table
 
 __all__ = [
     "Audio",
+    "Classes",
     "CustomChart",
     "Histogram",
     "Html",
@@ -23,4 +25,5 @@ __all__ = [
     "Plotly",
     "Table",
     "Video",
+    "box3d",
 ]

@@ -144,6 +144,53 @@ class Api:
             )
         self.api_key = api_key or creds.api_key
         self.timeout = timeout
+        self._default_entity: str | None = None
+
+    @property
+    def default_entity(self) -> str:
+        """The entity used when a path leaves it out (``api.runs("project")``), as W&B's.
+
+        With an API key, the key's entity, asked of the server once (``POST /api/v1/session``,
+        then the session is ended) and kept; otherwise (or on a server without auth, which
+        names no entity) the entity ``runstream.init`` would use: ``RUNSTREAM_ENTITY`` /
+        ``WANDB_ENTITY``, else the login name.
+
+        Raises:
+            UnauthorizedError: The key is refused.
+            ApiError: The server cannot be reached (only when a key is set).
+        """
+        if self._default_entity is None:
+            entity = self._key_entity() if self.api_key else None
+            if not entity:
+                from runstream.settings import resolve_settings
+
+                entity = resolve_settings().entity
+            self._default_entity = entity
+        return self._default_entity
+
+    def _key_entity(self) -> str | None:
+        """The entity of ``api_key`` as the server sees it (None: the server has no auth)."""
+        url = f"{self.host}/api/v1/session"
+        body = json.dumps({"api_key": self.api_key}).encode()
+        req = authorized(url, None, "POST", body, "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                answer = json.load(resp)
+                cookie = resp.headers.get("set-cookie", "").split(";", 1)[0]
+        except urllib.error.HTTPError as e:
+            raise http_error(e, "POST", url) from None
+        except OSError as e:
+            raise ApiError(f"the server at {self.host} could not be reached: {e}") from None
+        if cookie and answer.get("csrf_token"):  # end the session at once: only the entity was wanted
+            end = urllib.request.Request(url, method="DELETE")
+            end.add_header("cookie", cookie)
+            end.add_header("x-runstream-csrf", str(answer["csrf_token"]))
+            try:
+                urllib.request.urlopen(end, timeout=self.timeout).close()
+            except OSError:  # it expires on its own
+                pass
+        entity = answer.get("entity")
+        return str(entity) if entity else None
 
     def _request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         q = {k: v for k, v in query.items() if v is not None}
@@ -163,6 +210,8 @@ class Api:
 
     @staticmethod
     def _split(path: str, parts: int) -> list[str]:
+        if not isinstance(path, str):
+            raise UsageError(f"a run path must be a str, not {type(path).__name__}")
         bits = [b for b in path.strip("/").split("/") if b]
         if len(bits) != parts:
             shape = "entity/project/run_id" if parts == 3 else "entity/project"
@@ -173,7 +222,8 @@ class Api:
         """Fetch one run (one request).
 
         Args:
-            path: ``"entity/project/run_id"`` (a run's ``path``).
+            path: ``"entity/project/run_id"`` (a run's ``path``), or ``"project/run_id"`` for
+                :attr:`default_entity`'s.
 
         Returns:
             An :class:`~runstream.read.api_runs.ApiRun` holding the run as the server has it
@@ -186,6 +236,8 @@ class Api:
         """
         from runstream.read.api_runs import ApiRun
 
+        if isinstance(path, str) and path.strip("/").count("/") == 1:  # "project/run_id"
+            path = f"{self.default_entity}/{path.strip('/')}"
         entity, project, run_id = self._split(path, 3)
         return ApiRun(self, self._get(f"/api/v1/runs/{entity}/{project}/{run_id}"))
 
@@ -200,7 +252,7 @@ class Api:
         """A project's runs, filtered and sorted on the server, fetched lazily.
 
         Args:
-            path: ``"entity/project"``.
+            path: ``"entity/project"``, or ``"project"`` for :attr:`default_entity`'s.
             filters: MongoDB-style conditions on run fields, config and summary, e.g.
                 ``{"config.lr": {"$lt": 0.01}, "state": "finished"}`` (docs/http-api.md,
                 "Filters").
@@ -223,6 +275,8 @@ class Api:
         """
         from runstream.read.api_runs import Runs
 
+        if isinstance(path, str) and "/" not in path.strip("/"):
+            path = f"{self.default_entity}/{path.strip('/')}"
         entity, project = self._split(path, 2)
         if filters is not None and not isinstance(filters, dict):
             raise UsageError(f"filters must be a dict such as {{'state': 'finished'}}, not {filters!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class RunData:
     stats: dict[str, int]
     journal: dict[str, Any]
     path: Path
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # runstream.alert calls recorded
+    metrics: dict[str, Any] = field(default_factory=dict)  # define_metric's definitions, by name
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -143,4 +145,6 @@ def read_run(path: str | os.PathLike[str], pandas: bool = False) -> RunData:
         stats={k: int(v) for k, v in state.stats.items()},
         journal=health,
         path=run_dir,
+        alerts=state.alerts,
+        metrics=state.metrics.public() if state.metrics is not None else {},
     )

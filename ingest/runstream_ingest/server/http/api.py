@@ -28,6 +28,7 @@ from aiohttp import web
 
 from runstream_ingest.server.auth.guard import Authenticator, AuthError
 from runstream_ingest.server.auth.sessions import COOKIE, CSRF_HEADER, TTL_S, Session, Sessions
+from runstream_ingest.server.http.alerts import add_routes as add_alert_routes
 from runstream_ingest.server.http.blobs import BlobStore, FileRoutes
 from runstream_ingest.server.http.blobs import add_routes as add_file_routes
 from runstream_ingest.server.http.data import RunData
@@ -169,6 +170,7 @@ class HttpApi(RunData, FileRoutes):
             ]
         )
         add_file_routes(app, self)  # blobs and run files (blobs.py)
+        add_alert_routes(app, self)  # a run's and a project's alerts (alerts.py)
         add_web_routes(app)  # the dashboard: / and /static/... (server/web/)
         app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._cleanup)

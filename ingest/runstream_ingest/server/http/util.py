@@ -173,6 +173,8 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "last_step": info.last_step,
         "rows": info.row_count,
         "meta": json_safe(cap_depth(info.meta)),
+        # define_metric's definitions (docs/metrics.md): the dashboard's x axes and hidden charts
+        "metrics": json_safe(cap_depth(info.meta.get("_runstream/metrics") or {})),
     }
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from runstream.format import record as rec
 from runstream.format.fold import STATS_KEYS, flatten
+from runstream.format.metrics import MetricRules
 
 if TYPE_CHECKING:  # at run time only the annotations name them; series.py imports chunks.py imports us
     from runstream_ingest.server.storage.filters import Field, Node, SortKey
@@ -417,6 +418,35 @@ class RunFold:
     regressions: int = 0
     lost: int = 0  # seqs the run's writers declared lost (SERVER_LOST_KEY)
     dirty: set[str] = field(default_factory=set)
+    # define_metric (format/metrics.py): definitions kept in meta[METRICS], their aggregates in
+    # the stats blob (docs/storage.md, "Metric definitions"); None for a run without any
+    metrics: MetricRules | None = None
+
+    METRICS = "_runstream/metrics"  # meta: {name: merged definition}
+
+    def load_metrics(self, aggs: Any) -> None:
+        """Take the run's definitions from ``meta`` and their aggregates (saved beside the stats)."""
+        defs = self.meta.get(self.METRICS)
+        if isinstance(defs, dict) and defs:
+            self.metrics = MetricRules(defs, aggs if isinstance(aggs, dict) else None)
+
+    def add_columns(self, numeric: dict[str, Any], other: list[tuple[str, int, float, Any]]) -> None:
+        """Count a batch's values of the keys whose definitions need aggregates (min, max, mean,
+        first, best): ``numeric`` maps keys to columns (``.values`` in step order), ``other``
+        holds (key, step, time, value) of the values that are not numbers."""
+        rules = self.metrics
+        if rules is None:
+            return
+        for key in rules.covers(numeric):
+            values = numeric[key].values
+            # a numpy array's items as Python numbers: the rules count int and float, not bool
+            for v in values.tolist() if hasattr(values, "tolist") else values:
+                rules.add(key, v)
+        covered = set(rules.covers({k for k, *_ in other}))
+        for key, _step, _time, value in other:
+            if key in covered:
+                rules.add(key, value)
+        self.dirty.add("summary")
 
     def apply(self, r: rec.Record) -> bool:
         """Fold one metadata record; False (nothing changed) when its body is not well-formed."""
@@ -463,6 +493,13 @@ class RunFold:
         elif k == rec.KIND_EXIT and isinstance(v, dict):
             self.exit, self.exit_time = v, r.time
             self.dirty.add("exit")
+        elif k == rec.KIND_METRIC:
+            if self.metrics is None:
+                self.metrics = MetricRules()
+            if not self.metrics.define(v):
+                return False
+            self.meta[self.METRICS] = self.metrics.defs
+            self.dirty.update(("meta", "summary"))
         else:
             return False
         return True
@@ -485,6 +522,8 @@ class RunFold:
     def summary(self) -> dict[str, Any]:
         unpinned = set(self.unpinned)
         out = {k: v for k, v in self.latest.items() if k not in unpinned}
+        if self.metrics is not None:
+            out = self.metrics.apply(out)
         out.update(self.pinned)
         for name, key in STATS_KEYS.items():
             if self.stats.get(name):

@@ -40,6 +40,7 @@ from runstream_ingest.server.storage.interface import (
     check_batch,
     run_path,
 )
+from runstream_ingest.server.storage.sqlite.alerts import store_alert
 from runstream_ingest.server.storage.sqlite.schema import (
     HISTORY,
     INSERT_CHUNK,
@@ -59,6 +60,7 @@ log = logging.getLogger("runstream.server.storage")
 # The run's count of lost seqs (RunFold.lost) lives in its ``stats`` blob under this key, which no
 # STATS record may set (the blob's other keys are the SDK's counters, latest value wins).
 LOST_STATS = "_server_lost_records"
+METRIC_STATS = "_metric_aggregates"  # define_metric's aggregates (RunFold.metrics), kept with the stats
 
 
 def store_batches(store: SqliteStorage, batches: Sequence[BatchWrite]) -> list[StoreResult | Exception]:
@@ -209,6 +211,7 @@ def _apply(
     stats = unpack(stats)
     fold = RunFold(unpack(meta), unpack(config), unpack(latest), unpack(pinned), unpack(unpinned),
                    stats, start, regressions=regressions, lost=int(stats.pop(LOST_STATS, 0)))  # fmt: skip
+    fold.load_metrics(stats.pop(METRIC_STATS, None))
     if lost:
         fold.add_lost(lost)
     rows: Sequence[rec.Record] = records
@@ -236,6 +239,9 @@ def _apply(
             elif k == KIND_FILE:
                 if not _file(store, c, rid, r):
                     raw.append((r, "malformed body"))
+            elif k == rec.KIND_ALERT:
+                if not store_alert(c, rid, writer_id, r, store._clock()):
+                    raw.append((r, "malformed body"))
             elif k == KIND_MEDIA:
                 # An index of what the sidecar encoded: its pointer is already in the row after
                 # it (docs/media.md), so there is nothing to keep.  One the sidecar did not encode
@@ -256,6 +262,7 @@ def _apply(
             fold.dirty.add("summary")
         if cols is not None:
             steps, times = cols.steps, cols.times
+            fold.add_columns(cols.numeric, cols.other)
             sids = store._series(c, rid, HISTORY, cols.order)
             cols.numeric["_timestamp"] = cl.Column(steps, times, times, ck.VT_F64)
             shared: dict[tuple[int, int, int, int], ck.XPart] = {}
@@ -334,6 +341,8 @@ def _stats_blob(fold: RunFold) -> dict[str, Any]:
     stats = {k: v for k, v in fold.stats.items() if k != LOST_STATS}  # a STATS record cannot set it
     if fold.lost:
         stats[LOST_STATS] = fold.lost
+    if fold.metrics is not None and fold.metrics.aggs:
+        stats[METRIC_STATS] = fold.metrics.aggs
     return stats
 
 

@@ -338,7 +338,7 @@ class SqliteQueries:
                 raise RunBusy(f"run {path} is running; it can be deleted once it has ended")
             c.execute("DELETE FROM chunks WHERE series IN (SELECT id FROM series WHERE run = ?)", (rid,))
             for table in ("series", "history_values", "console_lines", "files", "raw_records", "batches",
-                          "writers"):  # fmt: skip
+                          "writers", "alerts"):  # fmt: skip
                 c.execute(f"DELETE FROM {table} WHERE run = ?", (rid,))
             c.execute("DELETE FROM runs WHERE id = ?", (rid,))
             self.storage.forget_run(entity, project, run_id)

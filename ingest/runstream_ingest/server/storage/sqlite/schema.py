@@ -13,11 +13,14 @@ from typing import Any
 from runstream.format import record as rec
 from runstream_ingest.server.storage.history import chunks as ck
 from runstream_ingest.server.storage.interface import StorageError
+from runstream_ingest.server.storage.sqlite.alerts import SCHEMA as ALERTS_SCHEMA
 
 SCHEMA_VERSION = 1
 HISTORY, SYSTEM = 0, 1  # series.kind
 STEP_MIN, STEP_MAX = -(2**63), 2**63 - 1
-META_KINDS = frozenset((rec.KIND_RUN, rec.KIND_CONFIG, rec.KIND_SUMMARY, rec.KIND_STATS, rec.KIND_EXIT))
+META_KINDS = frozenset(
+    (rec.KIND_RUN, rec.KIND_CONFIG, rec.KIND_SUMMARY, rec.KIND_STATS, rec.KIND_EXIT, rec.KIND_METRIC)
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS storage_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -74,6 +77,7 @@ CREATE TABLE IF NOT EXISTS raw_records(
     flags INTEGER NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL, body BLOB NOT NULL,
     reason TEXT NOT NULL, PRIMARY KEY(run, writer_id, seq)) WITHOUT ROWID;
 """
+SCHEMA += ALERTS_SCHEMA  # alerts and their webhook delivery queue (sqlite/alerts.py)
 
 RUN_INFO = """SELECT e.name, p.name, r.run_id, r.name, r.state, r.exit_code, r.created_at,
     r.heartbeat_at, r.finished_at, r.host, r.program, r.tags, r.grp, r.job_type, r.notes, r.config,

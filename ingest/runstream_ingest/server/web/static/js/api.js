@@ -198,6 +198,10 @@ export const api = {
       query: { keys: keys && keys.join(","), min_time: minTime, max_time: maxTime },
     }).then((d) => d.samples),
   files: (e, p, id) => req("GET", `${runBase(e, p, id)}/files`).then((d) => d.files),
+  /** {alerts, total}: a run's alerts, newest first, with their delivery state. */
+  alerts: (e, p, id, limit = 100) => req("GET", `${runBase(e, p, id)}/alerts`, { query: { limit } }),
+  /** {alerts, total}: every alert of a project's runs, newest first. */
+  projectAlerts: (e, p, limit = 100) => req("GET", `/api/v1/alerts/${enc(e)}/${enc(p)}`, { query: { limit } }),
 
   /** Every history row of `keys` from `minStep` on (all pages): the media panels' values. */
   async history(e, p, id, { keys, minStep, pageSize = 1000 } = {}) {

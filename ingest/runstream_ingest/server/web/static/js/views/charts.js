@@ -11,6 +11,7 @@ import { api } from "../api.js";
 import { h } from "../dom.js";
 import { Panel } from "../chart.js";
 import * as url from "../url.js";
+import { againstStepMetric, isHidden, stepMetricOf } from "../metrics.js";
 
 const X_AXES = [
   ["_step", "step"],
@@ -40,7 +41,7 @@ async function chartKeys(entity, project, run) {
   const k = await api.runKeys(entity, project, run.id).catch(() => null);
   const keys = k ?? Object.keys(run.summary || {}).filter((key) => typeof run.summary[key] === "number");
   const summary = run.summary || {};
-  return keys.filter((key) => !key.startsWith("_") && !(summary[key] && typeof summary[key] === "object" && typeof summary[key]._type === "string"));
+  return keys.filter((key) => !key.startsWith("_") && !isHidden(run, key) && !(summary[key] && typeof summary[key] === "object" && typeof summary[key]._type === "string"));
 }
 
 /** runs: [{id, label, color}]; keys: metric keys in display order.  Returns {el, refresh(ids, run), destroy()}. */
@@ -53,13 +54,15 @@ export function chartsView(entity, project, runs, initialKeys) {
     logY: p.logy === "1",
     smooth: Math.min(0.999, Math.max(0, Number(p.smooth) || 0)),
     zoom: p.zoom ? p.zoom.split(",").map(Number) : null,
+    // no x axis in the URL: a metric with a define_metric step_metric is drawn against it
+    explicitX: X_AXES.some(([v]) => v === p.x),
   };
   if (st.zoom && (st.zoom.length !== 2 || !st.zoom.every(Number.isFinite))) st.zoom = null;
   const sections = [];
   const panels = () => sections.flatMap((s) => s.panels);
 
   const xSel = h("select", { dataset: { testid: "x-axis" }, "aria-label": "x axis" }, X_AXES.map(([v, t]) => h("option", { value: v, selected: v === st.x }, t)));
-  xSel.addEventListener("change", () => ((st.x = xSel.value), (st.zoom = null), save(), rebuild()));
+  xSel.addEventListener("change", () => ((st.x = xSel.value), (st.explicitX = true), (st.zoom = null), save(), rebuild()));
   const logBox = h("input", { type: "checkbox", checked: st.logY, dataset: { testid: "log-y" } });
   logBox.addEventListener("change", () => ((st.logY = logBox.checked), save(), rebuild()));
   const smoothVal = h("span", { class: "mono", dataset: { testid: "smooth-value" } }, st.smooth.toFixed(3));
@@ -99,14 +102,15 @@ export function chartsView(entity, project, runs, initialKeys) {
     st.zoom = range;
     save();
     for (const s of sections) {
-      for (const pn of s.panels) pn.opts.xRange = range;
+      for (const pn of s.panels) if (!pn.opts.stepMetric) pn.opts.xRange = range;
       if (s.loaded) load(s);
     }
   }
 
   async function load(s) {
     s.loaded = true;
-    const opts = { keys: s.keys, buckets: buckets(), xAxis: st.x, min: st.zoom?.[0], max: st.zoom?.[1] };
+    const steps = s.panels.map((pn) => pn.opts.stepMetric).filter((k) => k && !s.keys.includes(k));
+    const opts = { keys: [...s.keys, ...new Set(steps)], buckets: buckets(), xAxis: st.x, min: st.zoom?.[0], max: st.zoom?.[1] };
     const gen = (s.gen = (s.gen || 0) + 1);
     let data;
     try {
@@ -118,10 +122,19 @@ export function chartsView(entity, project, runs, initialKeys) {
     }
     if (gen !== s.gen) return; // a newer request (zoom, live update) answered first
     s.status.textContent = "";
-    for (const pn of s.panels) pn.setRuns(runs.map((r) => ({ ...r, s: data[r.id]?.[pn.opts.key] })));
+    const seriesOf = (pn, d) => (pn.opts.stepMetric ? againstStepMetric(d?.[pn.opts.key], d?.[pn.opts.stepMetric]) : d?.[pn.opts.key]);
+    for (const pn of s.panels) pn.setRuns(runs.map((r) => ({ ...r, s: seriesOf(pn, data[r.id]) })));
   }
 
-  const newPanel = (k) => new Panel({ key: k, xAxis: st.x, logY: st.logY, smoothing: st.smooth, xRange: st.zoom, onZoom: zoomTo });
+  function newPanel(k) {
+    // drawn against its step metric (metrics.js): no drag-zoom there, as zoom ranges are in steps
+    const sm = st.explicitX ? null : stepMetricOf(runs.map((r) => r.json).filter(Boolean), k);
+    const pn = sm
+      ? new Panel({ key: k, xAxis: sm, stepMetric: sm, logY: st.logY, smoothing: st.smooth, xRange: null })
+      : new Panel({ key: k, xAxis: st.x, logY: st.logY, smoothing: st.smooth, xRange: st.zoom, onZoom: zoomTo });
+    pn.el.dataset.xAxis = sm || st.x;
+    return pn;
+  }
 
   function addSection(name, ks, open) {
     const s = { name, keys: [...ks], loaded: false, status: h("span", { class: "muted" }) };

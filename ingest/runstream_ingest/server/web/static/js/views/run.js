@@ -1,4 +1,4 @@
-// The run page: #/r/E/P/RUN?tab=overview|charts|system|console|files (+ the charts' settings).
+// The run page: #/r/E/P/RUN?tab=overview|charts|system|console|files|alerts (+ the charts' settings).
 // While the run is running, its header, overview and charts follow its data (live.js).
 
 import { api } from "../api.js";
@@ -6,7 +6,9 @@ import { color, flatten, fmtDuration, fmtTime, fmtValue, h, runtime } from "../d
 import { watch } from "../live.js";
 import * as url from "../url.js";
 import { chartsView } from "./charts.js";
+import { isHidden } from "../metrics.js";
 import { isMedia, mediaKeys, mediaView } from "./media.js";
+import { alertsList } from "./alerts.js";
 import { consoleTab, filesTab, systemTab } from "./runtabs.js";
 
 const TABS = [
@@ -15,6 +17,7 @@ const TABS = [
   ["system", "System"],
   ["console", "Console"],
   ["files", "Files"],
+  ["alerts", "Alerts"],
 ];
 
 export function mount(root, route) {
@@ -51,6 +54,7 @@ export function mount(root, route) {
     else if (tab === "charts") child = chartsAndMedia(entity, project, [{ id, label: run.name || id, color: color(0), json: run }], await chartKeys(entity, project, run));
     else if (tab === "system") child = systemTab(entity, project, run);
     else if (tab === "console") child = consoleTab(entity, project, run);
+    else if (tab === "alerts") child = alertsList(entity, project, id);
     else child = filesTab(entity, project, run);
     content.replaceChildren(child.el);
     stop = watch(entity, project, [id], async (changed) => {
@@ -79,7 +83,7 @@ export function mount(root, route) {
 export async function chartKeys(entity, project, run) {
   const k = await api.runKeys(entity, project, run.id).catch(() => null);
   const keys = k ?? Object.keys(run.summary || {}).filter((key) => typeof run.summary[key] === "number");
-  return keys.filter((key) => !key.startsWith("_") && !isMedia(run.summary?.[key]));
+  return keys.filter((key) => !key.startsWith("_") && !isMedia(run.summary?.[key]) && !isHidden(run, key));
 }
 
 /** The charts tab (and compare): metric charts, then the media panels of the same runs.

@@ -1,12 +1,13 @@
 // The project page: the runs table (search, filter builder, sort, column chooser, group by, select
 // to compare) and the scatter and parallel-coordinates views of the same filtered runs.
-// URL: #/p/E/P?view=table|scatter|parallel&q=&f=[[field,op,value],...]&sort=&cols=&group=&gm=&sel=
+// URL: #/p/E/P?view=table|scatter|parallel|alerts&q=&f=[[field,op,value],...]&sort=&cols=&group=&gm=&sel=
 
 import { api } from "../api.js";
 import { fieldValue, fmtDuration, fmtTime, fmtValue, h } from "../dom.js";
 import { watch } from "../live.js";
 import * as url from "../url.js";
 import { columnChooser, compile, fieldList, filterBuilder, popover } from "./filters.js";
+import { alertsList } from "./alerts.js";
 import { groupsTable } from "./groups.js";
 import { parallelView, scatterView } from "./plots.js";
 import { rememberEntity } from "./projects.js";
@@ -58,7 +59,7 @@ export function mount(root, route) {
   const tabs = h("nav", { class: "tabs" });
   const drawTabs = () =>
     tabs.replaceChildren(
-      ...[["table", "Runs"], ["scatter", "Scatter"], ["parallel", "Parallel coordinates"]].map(([v, t]) =>
+      ...[["table", "Runs"], ["scatter", "Scatter"], ["parallel", "Parallel coordinates"], ["alerts", "Alerts"]].map(([v, t]) =>
         h("a", { href: "#", class: st.view === v ? "active" : "", dataset: { testid: `view-${v}` }, onclick: (ev) => (ev.preventDefault(), (st.view = v), save(), drawTabs(), show()) }, t),
       ),
     );
@@ -209,6 +210,8 @@ export function mount(root, route) {
           show();
         }),
       );
+    } else if (st.view === "alerts") {
+      body.replaceChildren(alertsList(entity, project, null).el);
     } else if (st.view === "scatter") {
       body.replaceChildren(scatterView(entity, project, keys, query(), st.sort));
     } else {
