@@ -145,3 +145,30 @@ def test_a_wrong_log_model_setting_is_refused_by_name(offline: Path, monkeypatch
         trainer(offline / "out", tiny_bert(), report_to="runstream")
     with pytest.raises(ValueError, match="log_model must be"):
         RunstreamCallback(log_model="yes")
+
+
+def test_wandb_watch_histograms_the_models_gradients_every_100_batches(
+    offline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_WATCH", "gradients")  # WandbCallback's switch, honoured as it is
+    args = TrainingArguments(
+        str(offline / "out"),
+        max_steps=100,
+        logging_steps=50,
+        save_strategy="no",
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        disable_tqdm=True,
+        report_to="runstream",
+    )
+    Trainer(model=tiny_bert(), args=args, train_dataset=RandomTokens()).train()
+    run = runstream.run
+    assert run is not None
+    runstream.finish()
+    rows = runstream.read_run(run.dir).history
+    with_hist = [r for r in rows if any(k.startswith("gradients/") for k in r)]
+    # max(100, logging_steps) batches: one set of histograms, W&B's names and shape.
+    assert len(with_hist) == 1
+    h = with_hist[0]["gradients/classifier.weight"]
+    assert h["_type"] == "histogram" and len(h["bins"]) == 65
+    assert not any(k.startswith("parameters/") for r in rows for k in r)

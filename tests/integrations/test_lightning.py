@@ -185,3 +185,27 @@ def test_import_runstream_imports_no_framework() -> None:
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_the_loggers_watch_histograms_gradients_as_wandb_loggers_does(tmp_path: Path) -> None:
+    logger = RunstreamLogger(project="mlp", save_dir=tmp_path, offline=True)
+    module = make_module(L.LightningModule)
+    logger.watch(module, log="gradients", log_freq=2)  # WandbLogger.watch's arguments
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, *loaders())
+    run = logger.experiment
+    runstream.finish()
+    rows = runstream.read_run(run.dir).history
+    hists = [r for r in rows if "gradients/net.0.weight" in r]
+    # 4 batches, every 2nd backward (training_step calls self.net, not forward: W&B's count).
+    assert len(hists) == 2
+    assert all(r["gradients/net.0.weight"]["_type"] == "histogram" for r in hists)

@@ -119,7 +119,8 @@ class LoggerBody:
     def watch(
         self, model: Any, log: str | None = "gradients", log_freq: int = 100, log_graph: bool = True
     ) -> None:
-        """Accepted for ``WandbLogger``'s API; runstream's ``watch`` does not log gradients."""
+        """``WandbLogger.watch``: histograms of ``model``'s gradients and/or parameters every
+        ``log_freq`` batches, through :meth:`runstream.Run.watch` (docs/watch.md)."""
         self._get_experiment().watch(model, log=log, log_freq=log_freq, log_graph=log_graph)
 
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:

@@ -126,6 +126,11 @@ class RunstreamCallback(TrainerCallback):
             self._run.config.update({"model/num_parameters": model.num_parameters()}, allow_val_change=True)
         except AttributeError:  # a plain torch module has no num_parameters
             pass
+        # WandbCallback's WANDB_WATCH ("false" by default): histograms every max(100, logging
+        # steps) batches through runstream.watch (docs/watch.md).
+        watch = os.environ.get("RUNSTREAM_WATCH") or os.environ.get("WANDB_WATCH") or "false"
+        if watch in ("all", "parameters", "gradients") and model is not None:
+            self._run.watch(model, log=watch, log_freq=max(100, state.logging_steps))
 
     def on_train_begin(
         self,
