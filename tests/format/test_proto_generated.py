@@ -137,3 +137,16 @@ def test_check_fails_on_a_hand_edit_outside_the_stamps(tree: Path) -> None:
     grpc_code.write_text(grpc_code.read_text().replace("raise RuntimeError(", "print(", 1))
     r = gen_proto(tree, "--check")
     assert r.returncode == 1 and "ingest_pb2_grpc.py" in r.stderr, r.stdout + r.stderr
+
+
+def test_the_wire_schema_names_every_record_kind_the_sdk_writes() -> None:
+    # The schema documents the kind byte; a kind added to record.py and not here leaves protocol
+    # readers guessing what a record is.
+    from runstream.format import record as rec
+    from runstream_ingest.wire import ingest_pb2
+
+    wire = {v.number: v.name for v in ingest_pb2.RecordKind.DESCRIPTOR.values}
+    for kind, name in rec.KIND_NAMES.items():
+        want = "RECORD_KIND_UNSPECIFIED" if kind == rec.KIND_PAD else f"RECORD_KIND_{name.upper()}"
+        assert wire.get(kind) == want, (kind, name)
+    assert set(wire) == set(rec.KIND_NAMES)

@@ -17,6 +17,9 @@ class RecordKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECORD_KIND_SYSTEM: _ClassVar[RecordKind]
     RECORD_KIND_CONSOLE: _ClassVar[RecordKind]
     RECORD_KIND_FILE: _ClassVar[RecordKind]
+    RECORD_KIND_MEDIA: _ClassVar[RecordKind]
+    RECORD_KIND_METRIC: _ClassVar[RecordKind]
+    RECORD_KIND_ALERT: _ClassVar[RecordKind]
 
 class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +35,9 @@ RECORD_KIND_EXIT: RecordKind
 RECORD_KIND_SYSTEM: RecordKind
 RECORD_KIND_CONSOLE: RecordKind
 RECORD_KIND_FILE: RecordKind
+RECORD_KIND_MEDIA: RecordKind
+RECORD_KIND_METRIC: RecordKind
+RECORD_KIND_ALERT: RecordKind
 CODEC_NONE: Codec
 CODEC_ZSTD: Codec
 
