@@ -17,6 +17,8 @@ Environment variables (``X`` is ``RUNSTREAM`` or ``WANDB``; an empty variable co
     run_id    X_RUN_ID                                silent    X_SILENT (true/false, 1/0, yes/no, on/off)
     name      X_NAME                                  host      RUNSTREAM_HOST, WANDB_BASE_URL
 
+``WANDB_DISABLED=true`` (W&B's older switch) gives mode ``disabled`` when no mode variable is set.
+
 The tuning settings (``ring_size`` and below) have no W&B twin; they read ``RUNSTREAM_<NAME>``,
 e.g. ``RUNSTREAM_FSYNC=always`` or ``RUNSTREAM_RING_SIZE=16MiB``.  W&B's ``WANDB_HOST`` is not read:
 in W&B it is the machine's display name, not a server address.
@@ -346,6 +348,10 @@ def _from_env(name: str, environ: Mapping[str, str]) -> tuple[Any, str] | None:
             if name in ("tags", "ignore_globs"):
                 value = tuple(t.strip() for t in raw.split(",") if t.strip())
             return value, f"environment variable {var}"
+    # W&B's older switch, still in many job scripts (transformers documents it): below the mode
+    # variables, which name a mode outright.
+    if name == "mode" and environ.get("WANDB_DISABLED", "").strip().lower() in ("true", "1", "yes"):
+        return "disabled", "environment variable WANDB_DISABLED"
     return None
 
 

@@ -61,6 +61,13 @@ def test_precedence_argument_settings_runstream_env_wandb_env(monkeypatch: pytes
     assert resolve_settings(project="from-arg", settings={"project": "from-settings"}).project == "from-arg"
 
 
+def test_wandb_disabled_true_disables_unless_a_mode_is_named() -> None:
+    assert resolve_settings(environ={"WANDB_DISABLED": "true"}).mode == "disabled"
+    assert resolve_settings(environ={"WANDB_DISABLED": "false"}).mode == "online"
+    assert resolve_settings(environ={"WANDB_DISABLED": "true", "WANDB_MODE": "offline"}).mode == "offline"
+    assert resolve_settings(mode="offline", environ={"WANDB_DISABLED": "true"}).mode == "offline"
+
+
 def test_environ_argument_replaces_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNSTREAM_PROJECT", "ignored")
     assert resolve_settings(environ={"WANDB_PROJECT": "p"}).project == "p"
