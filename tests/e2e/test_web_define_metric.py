@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 import runstream
-from tests.support.browser import chromium, open_page
 from tests.support.server import running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -46,18 +45,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr.decode(errors="replace")
         yield f"{srv.url}/#/r/{runstream.Api(srv.url).run('dmweb/dmweb001').path}"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    with open_page(browser, request) as p:
-        yield p
 
 
 def panel(page: Page, key: str) -> Any:

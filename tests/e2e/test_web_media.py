@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.support import media_data as md
-from tests.support.browser import chromium, open_page
 from tests.support.server import ServerProc, running_server
 from tests.support.waiting import wait_for
 
@@ -68,18 +67,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc,
         # The server keeps the pointer dicts whole (history and summary): the page reads them.
         assert run["summary"]["samples/img"]["_type"] == "image-file", run["summary"]
         yield srv, plan
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    with open_page(browser, request) as p:
-        yield p
 
 
 def panel(page: Page, key: str) -> Any:

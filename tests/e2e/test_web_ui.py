@@ -32,7 +32,6 @@ from tests.support.browser import (
     SPIKE,
     SPIKE_STEP,
     Facts,
-    chromium,
     ema,
     fill,
     open_page,
@@ -49,18 +48,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProc,
     facts = fill(data)
     with running_server(data) as srv:
         yield srv, facts
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    with open_page(browser, request) as p:
-        yield p
 
 
 def total(page: Page) -> Any:
