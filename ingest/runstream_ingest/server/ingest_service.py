@@ -7,6 +7,10 @@ then stored in one transaction together with its dedupe key, and only then acked
 durable.  A batch sent again after a lost ack is acked again and stored once — the database, not
 this process's memory, decides that.
 
+A writer of a distributed run names its part of the job in ``Open.member``: its batches and
+heartbeats then go to its own row of the run (rank 0: the run itself; other ranks and node
+writers: hidden member rows), so seqs, steps and acks stay per rank (docs/protocol.md, "Member").
+
 Batches of all streams meet in the storage writer's queue (``commit.py``), which stores all
 that wait in one group commit.  A stream reads ahead of its acks (``PIPELINE``), so its next batch
 is decoded while one is stored, but only that far: then it stops reading, and HTTP/2 flow
@@ -46,6 +50,7 @@ from runstream_ingest.server.storage.interface import (
     RESUME_MODES,
     BadBatch,
     BatchWrite,
+    Member,
     RunExists,
     RunNotFound,
     SequenceGap,
@@ -229,6 +234,19 @@ def check_lost(lost: Any, acked: int) -> None:
         )
 
 
+def open_member(o: Any) -> Member | None:
+    """The Member of an Open (None when absent: a single-process writer), checked."""
+    if not o.HasField("member"):
+        return None
+    m = o.member
+    member = Member(m.rank, m.node, m.world_size, m.node_count, m.local_rank, m.node_writer, m.host)
+    try:
+        member.check()
+    except ValueError as e:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.member: {e}") from None
+    return member
+
+
 class IngestService(pb_grpc.IngestServicer):
     def __init__(
         self,
@@ -281,10 +299,11 @@ class IngestService(pb_grpc.IngestServicer):
             )
         if o.resume not in RESUME_MODES:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"Open.resume {o.resume!r} is not a resume mode")
+        member = open_member(o)
         key = self.auth.check(context.invocation_metadata() or (), o.entity)
         try:
             opened = await self.writer.call(
-                self.storage.open_run, o.entity, o.project, o.run_id, o.writer_id, o.resume
+                self.storage.open_run, o.entity, o.project, o.run_id, o.writer_id, o.resume, member
             )
         except RunNotFound as e:
             raise Refused(grpc.StatusCode.NOT_FOUND, str(e)) from None
@@ -302,7 +321,10 @@ class IngestService(pb_grpc.IngestServicer):
         # Batches are read, checked and queued for storage up to PIPELINE ahead of their acks
         # (so the next is decoded while one is stored), and no further: a server behind stops
         # reading, and HTTP/2 flow control holds the client back instead of a queue growing here.
-        stream = _Pipeline(self, o, key, opened.acked_seq)
+        # A distributed job's member writes to its own row from here on (docs/protocol.md, "Member").
+        row_id = opened.row_id or o.run_id
+        stream = _Pipeline(self, o, key, opened.acked_seq, row_id)
+        row_path = f"{o.entity}/{o.project}/{row_id}"
         reader = asyncio.create_task(stream.read(it))
         try:
             while (item := await stream.queue.get()) is not None:
@@ -321,7 +343,7 @@ class IngestService(pb_grpc.IngestServicer):
                     raise Refused(grpc.StatusCode.UNAVAILABLE, f"storage: {type(result).__name__}: {result}")
                 self.batches += 1
                 if self.on_stored is not None:
-                    self.on_stored(opened.run_path, result.acked_seq)
+                    self.on_stored(row_path, result.acked_seq)
                 yield pb.ServerMessage(ack=pb.Ack(seq=result.acked_seq))
         finally:
             reader.cancel()
@@ -336,8 +358,9 @@ class _Pipeline:
     by the stream's handler on the same loop; nothing else touches it.
     """
 
-    def __init__(self, service: IngestService, o: Any, key: Any, acked: int) -> None:
+    def __init__(self, service: IngestService, o: Any, key: Any, acked: int, row_id: str) -> None:
         self.service, self.o, self.key = service, o, key
+        self.row_id = row_id  # the row this writer feeds: the run's, or a member row's
         self.expected = acked  # the highest seq stored or queued: the next batch may start after it
         self.sizes: dict[asyncio.Future[Any], int] = {}  # queued batches' decoded bytes
         self.size = 0
@@ -368,7 +391,7 @@ class _Pipeline:
                     break
                 kind = msg.WhichOneof("msg")
                 if kind == "heartbeat":
-                    await s.writer.call(s.storage.heartbeat, o.entity, o.project, o.run_id, time.time())
+                    await s.writer.call(s.storage.heartbeat, o.entity, o.project, self.row_id, time.time())
                     continue
                 if kind == "lost" and max(o.protocol_version, 1) < LOST_VERSION:
                     raise Refused(
@@ -382,7 +405,7 @@ class _Pipeline:
                     )
                 if self.key is not None:
                     s.auth.recheck(self.key)
-                where = (o.entity, o.project, o.run_id, o.writer_id)
+                where = (o.entity, o.project, self.row_id, o.writer_id)
                 if kind == "lost":
                     b = msg.lost
                     check_lost(b, self.expected)

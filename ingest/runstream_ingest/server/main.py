@@ -36,6 +36,7 @@ from runstream_ingest.server.http.api import HttpApi
 from runstream_ingest.server.http.blobs import BlobLimits, BlobStore
 from runstream_ingest.server.http.live import LiveHub
 from runstream_ingest.server.ingest_service import IngestService, Limits
+from runstream_ingest.server.storage.interface import MEMBER_SEP
 from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
 from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
 
@@ -197,8 +198,8 @@ class Server:
         self._stop = asyncio.Event()
 
     def _stored(self, run_path: str, acked: int) -> None:
-        self.touched.add(run_path)
-        self.live.notify(run_path)
+        self.touched.add(run_path)  # the row stored to (a distributed run's member row: its own)
+        self.live.notify(job_path(run_path))
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         a = self.args
@@ -305,14 +306,23 @@ class Server:
                     self.writer, self.storage.mark_stale_runs_crashed, time.time() - timeout
                 )
                 for path in crashed:
-                    log.warning("run %s went silent for %.0fs: marked crashed", path, timeout)
-                    self.live.notify(path)
+                    top = job_path(path)
+                    # Only ranks go stale ("<id>~r<rank>"): node rows follow their ranks.
+                    what = "run" if top == path else f"rank {path.rsplit(MEMBER_SEP, 1)[1][1:]} of run"
+                    log.warning("%s %s went silent for %.0fs: marked crashed", what, top, timeout)
+                    self.live.notify(top)
                 touched, self.touched = self.touched, set()
                 for path in touched:
                     entity, project, run_id = path.split("/")
                     await loop.run_in_executor(self.writer, self.storage.compact, entity, project, run_id)
             except Exception:  # the janitor must outlive any one bad run
                 log.exception("janitor pass failed")
+
+
+def job_path(path: str) -> str:
+    """The run a stored row belongs to: a distributed run's member row ("e/p/id~r3") is part of
+    run "e/p/id" (dashboards follow that one); any other row is its own run."""
+    return path.split(MEMBER_SEP, 1)[0]
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -24,33 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19runstream/v1/ingest.proto\x12\x0crunstream.v1\"t\n\x04Open\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\twriter_id\x18\x04 \x01(\t\x12\x0e\n\x06resume\x18\x05 \x01(\t\x12\x18\n\x10protocol_version\x18\x06 \x01(\r\"\x87\x01\n\x05\x42\x61tch\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\"\n\x05\x63odec\x18\x03 \x01(\x0e\x32\x13.runstream.v1.Codec\x12\x0e\n\x06\x63rc32c\x18\x04 \x01(\r\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x14\n\x0crecord_count\x18\x06 \x01(\r\"\x19\n\tHeartbeat\x12\x0c\n\x04time\x18\x01 \x01(\x01\";\n\x04Lost\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb2\x01\n\rClientMessage\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.runstream.v1.OpenH\x00\x12$\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x13.runstream.v1.BatchH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.runstream.v1.HeartbeatH\x00\x12\"\n\x04lost\x18\x04 \x01(\x0b\x32\x12.runstream.v1.LostH\x00\x42\x05\n\x03msg\"k\n\x06Opened\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12\x11\n\tlast_step\x18\x03 \x01(\x03\x12\x10\n\x08run_path\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"`\n\rServerMessage\x12&\n\x06opened\x18\x01 \x01(\x0b\x32\x14.runstream.v1.OpenedH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.runstream.v1.AckH\x00\x42\x05\n\x03msg*\xbe\x02\n\nRecordKind\x12\x1b\n\x17RECORD_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fRECORD_KIND_RUN\x10\x01\x12\x16\n\x12RECORD_KIND_CONFIG\x10\x02\x12\x13\n\x0fRECORD_KIND_ROW\x10\x03\x12\x17\n\x13RECORD_KIND_SUMMARY\x10\x04\x12\x15\n\x11RECORD_KIND_STATS\x10\x05\x12\x14\n\x10RECORD_KIND_EXIT\x10\x06\x12\x16\n\x12RECORD_KIND_SYSTEM\x10\x07\x12\x17\n\x13RECORD_KIND_CONSOLE\x10\x08\x12\x14\n\x10RECORD_KIND_FILE\x10\t\x12\x15\n\x11RECORD_KIND_MEDIA\x10\n\x12\x16\n\x12RECORD_KIND_METRIC\x10\x0b\x12\x15\n\x11RECORD_KIND_ALERT\x10\x0c*\'\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\x0e\n\nCODEC_ZSTD\x10\x01\x32P\n\x06Ingest\x12\x46\n\x06Stream\x12\x1b.runstream.v1.ClientMessage\x1a\x1b.runstream.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19runstream/v1/ingest.proto\x12\x0crunstream.v1\"\x9a\x01\n\x04Open\x12\x0e\n\x06\x65ntity\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\twriter_id\x18\x04 \x01(\t\x12\x0e\n\x06resume\x18\x05 \x01(\t\x12\x18\n\x10protocol_version\x18\x06 \x01(\r\x12$\n\x06member\x18\x07 \x01(\x0b\x32\x14.runstream.v1.Member\"\x83\x01\n\x06Member\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0c\n\x04node\x18\x02 \x01(\r\x12\x12\n\nworld_size\x18\x03 \x01(\r\x12\x12\n\nnode_count\x18\x04 \x01(\r\x12\x12\n\nlocal_rank\x18\x05 \x01(\r\x12\x13\n\x0bnode_writer\x18\x06 \x01(\x08\x12\x0c\n\x04host\x18\x07 \x01(\t\"\x87\x01\n\x05\x42\x61tch\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\"\n\x05\x63odec\x18\x03 \x01(\x0e\x32\x13.runstream.v1.Codec\x12\x0e\n\x06\x63rc32c\x18\x04 \x01(\r\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x14\n\x0crecord_count\x18\x06 \x01(\r\"\x19\n\tHeartbeat\x12\x0c\n\x04time\x18\x01 \x01(\x01\";\n\x04Lost\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12\x10\n\x08last_seq\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb2\x01\n\rClientMessage\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.runstream.v1.OpenH\x00\x12$\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x13.runstream.v1.BatchH\x00\x12,\n\theartbeat\x18\x03 \x01(\x0b\x32\x17.runstream.v1.HeartbeatH\x00\x12\"\n\x04lost\x18\x04 \x01(\x0b\x32\x12.runstream.v1.LostH\x00\x42\x05\n\x03msg\"k\n\x06Opened\x12\x11\n\tacked_seq\x18\x01 \x01(\x04\x12\x0f\n\x07resumed\x18\x02 \x01(\x08\x12\x11\n\tlast_step\x18\x03 \x01(\x03\x12\x10\n\x08run_path\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"`\n\rServerMessage\x12&\n\x06opened\x18\x01 \x01(\x0b\x32\x14.runstream.v1.OpenedH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.runstream.v1.AckH\x00\x42\x05\n\x03msg*\xbe\x02\n\nRecordKind\x12\x1b\n\x17RECORD_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fRECORD_KIND_RUN\x10\x01\x12\x16\n\x12RECORD_KIND_CONFIG\x10\x02\x12\x13\n\x0fRECORD_KIND_ROW\x10\x03\x12\x17\n\x13RECORD_KIND_SUMMARY\x10\x04\x12\x15\n\x11RECORD_KIND_STATS\x10\x05\x12\x14\n\x10RECORD_KIND_EXIT\x10\x06\x12\x16\n\x12RECORD_KIND_SYSTEM\x10\x07\x12\x17\n\x13RECORD_KIND_CONSOLE\x10\x08\x12\x14\n\x10RECORD_KIND_FILE\x10\t\x12\x15\n\x11RECORD_KIND_MEDIA\x10\n\x12\x16\n\x12RECORD_KIND_METRIC\x10\x0b\x12\x15\n\x11RECORD_KIND_ALERT\x10\x0c*\'\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\x0e\n\nCODEC_ZSTD\x10\x01\x32P\n\x06Ingest\x12\x46\n\x06Stream\x12\x1b.runstream.v1.ClientMessage\x1a\x1b.runstream.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runstream.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECORDKIND']._serialized_start=796
-  _globals['_RECORDKIND']._serialized_end=1114
-  _globals['_CODEC']._serialized_start=1116
-  _globals['_CODEC']._serialized_end=1155
-  _globals['_OPEN']._serialized_start=43
-  _globals['_OPEN']._serialized_end=159
-  _globals['_BATCH']._serialized_start=162
-  _globals['_BATCH']._serialized_end=297
-  _globals['_HEARTBEAT']._serialized_start=299
-  _globals['_HEARTBEAT']._serialized_end=324
-  _globals['_LOST']._serialized_start=326
-  _globals['_LOST']._serialized_end=385
-  _globals['_CLIENTMESSAGE']._serialized_start=388
-  _globals['_CLIENTMESSAGE']._serialized_end=566
-  _globals['_OPENED']._serialized_start=568
-  _globals['_OPENED']._serialized_end=675
-  _globals['_ACK']._serialized_start=677
-  _globals['_ACK']._serialized_end=695
-  _globals['_SERVERMESSAGE']._serialized_start=697
-  _globals['_SERVERMESSAGE']._serialized_end=793
-  _globals['_INGEST']._serialized_start=1157
-  _globals['_INGEST']._serialized_end=1237
+  _globals['_RECORDKIND']._serialized_start=969
+  _globals['_RECORDKIND']._serialized_end=1287
+  _globals['_CODEC']._serialized_start=1289
+  _globals['_CODEC']._serialized_end=1328
+  _globals['_OPEN']._serialized_start=44
+  _globals['_OPEN']._serialized_end=198
+  _globals['_MEMBER']._serialized_start=201
+  _globals['_MEMBER']._serialized_end=332
+  _globals['_BATCH']._serialized_start=335
+  _globals['_BATCH']._serialized_end=470
+  _globals['_HEARTBEAT']._serialized_start=472
+  _globals['_HEARTBEAT']._serialized_end=497
+  _globals['_LOST']._serialized_start=499
+  _globals['_LOST']._serialized_end=558
+  _globals['_CLIENTMESSAGE']._serialized_start=561
+  _globals['_CLIENTMESSAGE']._serialized_end=739
+  _globals['_OPENED']._serialized_start=741
+  _globals['_OPENED']._serialized_end=848
+  _globals['_ACK']._serialized_start=850
+  _globals['_ACK']._serialized_end=868
+  _globals['_SERVERMESSAGE']._serialized_start=870
+  _globals['_SERVERMESSAGE']._serialized_end=966
+  _globals['_INGEST']._serialized_start=1330
+  _globals['_INGEST']._serialized_end=1410
 # @@protoc_insertion_point(module_scope)

@@ -42,20 +42,40 @@ CODEC_NONE: Codec
 CODEC_ZSTD: Codec
 
 class Open(_message.Message):
-    __slots__ = ("entity", "project", "run_id", "writer_id", "resume", "protocol_version")
+    __slots__ = ("entity", "project", "run_id", "writer_id", "resume", "protocol_version", "member")
     ENTITY_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WRITER_ID_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
     entity: str
     project: str
     run_id: str
     writer_id: str
     resume: str
     protocol_version: int
-    def __init__(self, entity: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., writer_id: _Optional[str] = ..., resume: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    member: Member
+    def __init__(self, entity: _Optional[str] = ..., project: _Optional[str] = ..., run_id: _Optional[str] = ..., writer_id: _Optional[str] = ..., resume: _Optional[str] = ..., protocol_version: _Optional[int] = ..., member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("rank", "node", "world_size", "node_count", "local_rank", "node_writer", "host")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NODE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    NODE_WRITER_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    node: int
+    world_size: int
+    node_count: int
+    local_rank: int
+    node_writer: bool
+    host: str
+    def __init__(self, rank: _Optional[int] = ..., node: _Optional[int] = ..., world_size: _Optional[int] = ..., node_count: _Optional[int] = ..., local_rank: _Optional[int] = ..., node_writer: bool = ..., host: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("first_seq", "last_seq", "codec", "crc32c", "payload", "record_count")

@@ -11,6 +11,9 @@
         ...
     run.tags.append("best"); run.update()
     run.delete()
+    run.history(keys=["loss"], rank=3)         # a distributed run: rank 3's rows (default rank 0's)
+    run.scan_history(rank="all")               # every rank's rows, each with _rank
+    run.world_size, run.ranks, run.rank_summary(3), run.rank_aggregates
 
 Concurrency contract: an ``Api`` holds no connection; it may be shared between threads.  The
 ``Run`` and ``Runs`` objects it returns belong to the thread that uses them.
@@ -227,7 +230,8 @@ class Api:
 
         Returns:
             An :class:`~runstream.read.api_runs.ApiRun` holding the run as the server has it
-            now: metadata, state, config and summary.
+            now: metadata, state, config and summary (rank 0's for a distributed run, whose
+            ``world_size``, ``ranks`` and ``rank_aggregates`` it also holds).
 
         Raises:
             UsageError: ``path`` does not have three parts.

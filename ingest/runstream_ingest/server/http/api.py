@@ -33,6 +33,7 @@ from runstream_ingest.server.http.blobs import BlobStore, FileRoutes
 from runstream_ingest.server.http.blobs import add_routes as add_file_routes
 from runstream_ingest.server.http.data import RunData
 from runstream_ingest.server.http.live import KEEPALIVE_S, MIN_INTERVAL_S, LiveHub
+from runstream_ingest.server.http.ranks import check_run_id, distributed_json, rank_param
 from runstream_ingest.server.http.util import (
     MAX_PAGE,
     bad,
@@ -314,17 +315,37 @@ class HttpApi(RunData, FileRoutes):
     def _where(self, request: web.Request) -> tuple[str, str, str]:
         entity, project, run_id = (request.match_info[k] for k in ("entity", "project", "run_id"))
         self._authorise(request, entity)
+        check_run_id(entity, project, run_id)
         return entity, project, run_id
 
     async def get_run(self, request: web.Request) -> web.Response:
+        """The run; a distributed run's with its ranks and nodes; ``rank=N`` rank N's own row."""
         entity, project, run_id = self._where(request)
+        rank = rank_param(request)
         info = await self._read(self.storage.get_run, entity, project, run_id)
         if info is None:
             raise error(404, "NOT_FOUND", f"no run {entity}/{project}/{run_id}")
-        return respond(run_json(info))
+        if rank:  # rank N's own state, config, summary, ... under the run's id and path
+            row_id = await self._target(entity, project, run_id, rank)
+            own = await self._read(self.storage.get_run, entity, project, row_id)
+            if own is None:
+                raise error(404, "NOT_FOUND", f"rank {rank} of run {entity}/{project}/{run_id} is gone")
+            own.run_id, own.world_size, own.node_count = run_id, info.world_size, info.node_count
+            return respond({**run_json(own), "rank": rank})
+        body = run_json(info)
+        if info.world_size is not None:
+            try:
+                members = await self._read(self._q().members, entity, project, run_id)
+            except RunNotFound as e:  # deleted since
+                raise error(404, "NOT_FOUND", str(e)) from None
+            body.update(distributed_json(info, members))
+        if rank is not None:
+            body["rank"] = rank
+        return respond(body)
 
     async def patch_run(self, request: web.Request) -> web.Response:
         where = self._where(request)
+        _whole_run(request)
         body = await json_body(request, "a JSON object of name, tags and/or notes")
         changes = _run_changes(body)
         try:
@@ -336,6 +357,7 @@ class HttpApi(RunData, FileRoutes):
 
     async def delete_run(self, request: web.Request) -> web.Response:
         where = self._where(request)
+        _whole_run(request)
         try:
             await self._write(self._q().delete_run, *where)
         except RunNotFound as e:
@@ -397,6 +419,13 @@ def _same_origin(request: web.Request) -> None:
         return
     if urlsplit(origin).netloc.lower() != request.host.lower():
         raise error(403, "PERMISSION_DENIED", f"cross-origin request from {origin} refused")
+
+
+def _whole_run(request: web.Request) -> None:
+    """A distributed run is edited and deleted as a whole (its ranks with it)."""
+    for p in ("rank", "ranks", "node"):
+        if p in request.query:
+            raise bad(f"{request.method} applies to the whole run and all its ranks: drop {p}=")
 
 
 def _run_changes(body: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from typing import Any, BinaryIO, TypeVar
 from aiohttp import web
 
 from runstream_ingest.server.auth.guard import Authenticator, AuthError
+from runstream_ingest.server.http.ranks import rank_param
 from runstream_ingest.server.http.util import bad, error, int_param, respond
 from runstream_ingest.server.storage.interface import RunNotFound, Storage
 
@@ -240,6 +241,9 @@ class FileRoutes:
     def _where(self, request: web.Request) -> tuple[str, str, str]:
         raise NotImplementedError
 
+    async def _target(self, entity: str, project: str, run_id: str, rank: Any = None) -> str:
+        raise NotImplementedError
+
     def _authorise(self, request: web.Request, entity: str | None) -> Any:
         raise NotImplementedError
 
@@ -376,8 +380,9 @@ class FileRoutes:
         uploaded that content (naming a sha256 in a FILE record grants nothing)."""
         entity, project, run_id = self._where(request)
         path = request.match_info["path"]
+        row_id = await self._target(entity, project, run_id, rank_param(request))  # ?rank=N: its file
         try:
-            files = await self._read(self.storage.files, entity, project, run_id)
+            files = await self._read(self.storage.files, entity, project, row_id)
         except RunNotFound as e:
             raise error(404, "NOT_FOUND", str(e)) from None
         found = next((f for f in files if f.path == path), None)

@@ -14,6 +14,14 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from runstream.format.fold import json_safe
+from runstream_ingest.server.http.ranks import (
+    MEMBER_MARK,
+    band_json,
+    console_json,
+    node_param,
+    rank_param,
+    ranks_series_json,
+)
 from runstream_ingest.server.http.util import (
     MAX_PAGE,
     bad,
@@ -55,6 +63,18 @@ class RunData:
         if await self._read(self.storage.get_run, entity, project, run_id) is None:
             raise error(404, "NOT_FOUND", f"no run {entity}/{project}/{run_id}")
 
+    async def _target(
+        self, entity: str, project: str, run_id: str, rank: Any = None, node: int | None = None
+    ) -> str:
+        """The run_id of the row holding ``rank`` or ``node``'s own writer (docs/distributed.md):
+        the run's own for neither (or rank 0); a 404 naming what the run has otherwise."""
+        if not rank and node is None:
+            return run_id
+        try:
+            return await self._read(self._q().member_id, entity, project, run_id, rank, node)
+        except RunNotFound as e:  # RankNotFound too: its message says which ranks there are
+            raise error(404, "NOT_FOUND", str(e)) from None
+
     async def get_history(self, request: web.Request) -> web.Response:
         """One page of rows in step order; ``next_min_step`` continues (absent on the last page)."""
         entity, project, run_id = self._where(request)
@@ -62,12 +82,13 @@ class RunData:
         min_step = int_param(request, "min_step", None, None, None)
         max_step = int_param(request, "max_step", None, None, None)
         page = int_param(request, "page_size", 1000, 1, MAX_PAGE)
+        await self._need_run(entity, project, run_id)
+        row_id = await self._target(entity, project, run_id, rank_param(request))
 
         def first_page() -> list[dict[str, Any]]:
-            pages = self.storage.scan_history(entity, project, run_id, keys, min_step, max_step, page)
+            pages = self.storage.scan_history(entity, project, row_id, keys, min_step, max_step, page)
             return next(iter(pages), [])
 
-        await self._need_run(entity, project, run_id)
         rows = await self._read(first_page)
         body: dict[str, Any] = {"rows": json_safe(rows)}
         if len(rows) == page:
@@ -89,15 +110,36 @@ class RunData:
 
     async def get_series(self, request: web.Request) -> web.Response:
         """The keys downsampled into ``buckets`` over one x range: per bucket min, max, mean and
-        count (every point when there are no more than ``buckets``)."""
+        count (every point when there are no more than ``buckets``).  ``ranks=all``: each rank's
+        series; ``ranks=band``: the mean, min and max across ranks (docs/http-api.md)."""
         entity, project, run_id = self._where(request)
         keys, buckets, x_axis, lo, hi = self._series_args(request)
+        ranks = request.query.get("ranks") or None
+        if ranks not in (None, "all", "band"):
+            raise bad(f"ranks must be 'all' (each rank's series) or 'band' (across ranks), not {ranks!r}")
+        rank = rank_param(request)
+        if ranks is not None and rank is not None:
+            raise bad("give rank (one rank's series) or ranks (all of them), not both")
+        path = f"{entity}/{project}/{run_id}"
         try:
-            out = await self._read(self._q().series, entity, project, run_id, keys, buckets, x_axis, lo, hi)
+            if ranks is not None:
+                q = self._q()
+                lo2, hi2, per = await self._read(
+                    q.rank_series, entity, project, run_id, keys, buckets, x_axis, lo, hi
+                )
+                series = (
+                    ranks_series_json(per, keys)
+                    if ranks == "all"
+                    else band_json(per, keys, lo2, hi2, buckets, x_axis == "_step")
+                )
+                body = {"path": path, "x_axis": x_axis, "buckets": buckets, "ranks": ranks, "series": series}
+                return respond(body)
+            row_id = await self._target(entity, project, run_id, rank)
+            out = await self._read(self._q().series, entity, project, row_id, keys, buckets, x_axis, lo, hi)
         except RunNotFound as e:
             raise error(404, "NOT_FOUND", str(e)) from None
         return respond(
-            {"path": f"{entity}/{project}/{run_id}", "x_axis": x_axis, "buckets": buckets,
+            {"path": path, "x_axis": x_axis, "buckets": buckets,
              "series": {k: series_json(s) for k, s in out.items()}}
         )  # fmt: skip
 
@@ -115,6 +157,8 @@ class RunData:
             out: dict[str, Any] = {}
             for run_id in runs:
                 try:
+                    if MEMBER_MARK in run_id:  # a member row is no run of its own
+                        raise RunNotFound(f"{entity}/{project}/{run_id}")
                     got = self._q().series(entity, project, run_id, keys, buckets, x_axis, lo, hi)
                 except RunNotFound as e:
                     out[run_id] = {"error": "NOT_FOUND", "message": str(e)}
@@ -126,23 +170,32 @@ class RunData:
 
     async def get_history_keys(self, request: web.Request) -> web.Response:
         entity, project, run_id = self._where(request)
+        row_id = await self._target(entity, project, run_id, rank_param(request))
         try:
-            keys = await self._read(self.storage.history_keys, entity, project, run_id)
+            keys = await self._read(self.storage.history_keys, entity, project, row_id)
         except RunNotFound as e:
             raise error(404, "NOT_FOUND", str(e)) from None
         return respond({"keys": keys})
 
     async def get_console(self, request: web.Request) -> web.Response:
+        """Console lines in arrival order; ``rank=N`` one rank's, ``rank=all`` every rank's
+        (each line with its ``rank``)."""
         entity, project, run_id = self._where(request)
         after = int_param(request, "after_id", 0, 0, None)
         limit = int_param(request, "limit", 1000, 1, MAX_PAGE)
+        rank = rank_param(request, ("all",))
         try:
-            lines = await self._read(self.storage.console, entity, project, run_id, after, limit)
+            if rank == "all":
+                both = await self._read(self._q().rank_console, entity, project, run_id, after, limit)
+                return respond(console_json(both, limit))
+            row_id = await self._target(entity, project, run_id, rank)
+            lines = await self._read(self.storage.console, entity, project, row_id, after, limit)
         except RunNotFound as e:
             raise error(404, "NOT_FOUND", str(e)) from None
+        label = {} if rank is None else {"rank": rank}
         body: dict[str, Any] = {
             "lines": [
-                {"id": ln.id, "seq": ln.seq, "time": ln.time, "stream": ln.stream, "line": ln.line}
+                {"id": ln.id, "seq": ln.seq, "time": ln.time, "stream": ln.stream, "line": ln.line, **label}
                 for ln in lines
             ]
         }
@@ -151,19 +204,29 @@ class RunData:
         return respond(body)
 
     async def get_system(self, request: web.Request) -> web.Response:
+        """System samples: by default the node-wide ones (of rank 0's node for a distributed
+        run); ``node=K`` node K's; ``rank=N`` rank N's own process stats."""
         entity, project, run_id = self._where(request)
         keys = list_param(request, "keys", 1000) or None
         lo, hi = float_param(request, "min_time"), float_param(request, "max_time")
+        rank, node = rank_param(request), node_param(request)
+        if rank is not None and node is not None:
+            raise bad("give rank (a rank's process stats) or node (a node's system metrics), not both")
         try:
-            rows = await self._read(self.storage.system_metrics, entity, project, run_id, keys, lo, hi)
+            if rank is None and node is None:
+                row_id = await self._read(self._q().system_id, entity, project, run_id)
+            else:
+                row_id = await self._target(entity, project, run_id, rank, node)
+            rows = await self._read(self.storage.system_metrics, entity, project, row_id, keys, lo, hi)
         except RunNotFound as e:
             raise error(404, "NOT_FOUND", str(e)) from None
         return respond({"samples": json_safe(rows)})
 
     async def get_files(self, request: web.Request) -> web.Response:
         entity, project, run_id = self._where(request)
+        row_id = await self._target(entity, project, run_id, rank_param(request))
         try:
-            files = await self._read(self.storage.files, entity, project, run_id)
+            files = await self._read(self.storage.files, entity, project, row_id)
         except RunNotFound as e:
             raise error(404, "NOT_FOUND", str(e)) from None
         fields = ("path", "sha256", "size", "policy", "time")

@@ -56,6 +56,8 @@ class LiveHub:
         return sub
 
     def notify(self, run_path: str) -> None:
+        # A distributed run's member row ("<id>~r3", "<id>~n0") changed: the run did.
+        run_path = run_path.partition("~")[0]
         project = run_path.rsplit("/", 1)[0]
         subs = self._subs.get(project)
         if not subs:

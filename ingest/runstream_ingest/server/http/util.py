@@ -172,6 +172,9 @@ def run_json(info: RunInfo) -> dict[str, Any]:
         "summary": json_safe(cap_depth(info.summary)),
         "last_step": info.last_step,
         "rows": info.row_count,
+        # a distributed run's ranks and nodes (docs/distributed.md); 1 and 1 for one process
+        "world_size": info.world_size or 1,
+        "node_count": info.node_count or 1,
         "meta": json_safe(cap_depth(info.meta)),
         # define_metric's definitions (docs/metrics.md): the dashboard's x axes and hidden charts
         "metrics": json_safe(cap_depth(info.meta.get("_runstream/metrics") or {})),

@@ -31,7 +31,7 @@ import re2
 # Columns of a run, by the name a filter or sort uses; aliases map W&B's names onto them.
 COLUMNS = frozenset(
     ("id", "name", "state", "created_at", "heartbeat_at", "finished_at", "host", "program", "group",
-     "job_type", "notes", "last_step", "rows", "exit_code")
+     "job_type", "notes", "last_step", "rows", "exit_code", "world_size", "node_count")
 )  # fmt: skip
 ALIASES = {
     "display_name": "name",

@@ -61,6 +61,17 @@ class RunNotFound(StorageError):
         self.run_path = run_path
 
 
+class RankNotFound(RunNotFound):
+    """A distributed run has no such rank or node member (or the run is not distributed)."""
+
+    def __init__(self, run_path: str, message: str) -> None:
+        super().__init__(run_path)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class RunExists(StorageError):
     def __init__(self, run_path: str, other_writers: Sequence[str]) -> None:
         super().__init__(
@@ -97,9 +108,53 @@ class UnstorableBatch(BadBatch):
 @dataclass(frozen=True, slots=True)
 class OpenedRun:
     acked_seq: int  # highest seq stored for this (run, writer); 0 if none
-    resumed: bool  # the run existed before this call
-    last_step: int  # highest history step stored for the run; -1 if none
-    run_path: str  # entity/project/run_id
+    resumed: bool  # the run (a member: its own row) existed before this call
+    last_step: int  # highest history step stored for the run (a member: its row); -1 if none
+    run_path: str  # entity/project/run_id: the run the user sees (a distributed job's own id)
+    # The run_id of the row this writer's batches and heartbeats go to (``Member.row_id``): the
+    # run's own id, or a member row's ("<id>~r<rank>", "<id>~n<node>").  "" means ``run_path``'s.
+    row_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """Which part of a distributed job a writer feeds (``Open.member``, docs/protocol.md):
+    rank 0 folds into the run's own (top) row, rank r >= 1 into the hidden member row
+    ``"<id>~r<r>"``, node k's own writer (``node_writer``) into ``"<id>~n<k>"``."""
+
+    rank: int
+    node: int
+    world_size: int
+    node_count: int
+    local_rank: int = 0
+    node_writer: bool = False
+    host: str = ""
+
+    def check(self) -> None:
+        """ValueError naming the field when the member cannot be part of a job."""
+        if self.world_size < 2:
+            raise ValueError(f"Member.world_size must be at least 2, not {self.world_size}")
+        if self.node_count < 1:
+            raise ValueError(f"Member.node_count must be at least 1, not {self.node_count}")
+        if not 0 <= self.node < self.node_count:
+            raise ValueError(f"Member.node {self.node} is outside 0..{self.node_count - 1} (node_count)")
+        if not self.node_writer and not 0 <= self.rank < self.world_size:
+            raise ValueError(f"Member.rank {self.rank} is outside 0..{self.world_size - 1} (world_size)")
+        if not 0 <= self.local_rank < self.world_size:
+            raise ValueError(f"Member.local_rank {self.local_rank} is outside 0..{self.world_size - 1}")
+        if len(self.host) > 255:
+            raise ValueError("Member.host is longer than 255 characters")
+
+    def row_id(self, run_id: str) -> str:
+        """The run_id of the row this member's records fold into."""
+        if self.node_writer:
+            return f"{run_id}{MEMBER_SEP}n{self.node}"
+        return run_id if self.rank == 0 else f"{run_id}{MEMBER_SEP}r{self.rank}"
+
+
+# Separates a distributed run's id from its member rows' suffix: outside the run-id name rule, so
+# no run a user names can collide with a member row, and no HTTP path addresses one directly.
+MEMBER_SEP = "~"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +205,30 @@ class RunInfo:
     # What the program's run record says beyond the columns above (args, python, pid, ...);
     # filled in for a single run (get_run) only, so that a runs-table page stays small.
     meta: dict[str, Any] = field(default_factory=dict)
+    # A distributed run's top row (docs/distributed.md): its ranks and nodes; None otherwise.
+    world_size: int | None = None
+    node_count: int | None = None
+
+
+@dataclass(slots=True)
+class MemberInfo:
+    """One row of a distributed run (docs/distributed.md): rank 0's (the top row, with its own
+    state), another rank's (``rank`` set), or a node's own writer (``rank`` None)."""
+
+    run_id: str  # the row's run_id: the run's own for rank 0, else "<id>~r<rank>" / "<id>~n<node>"
+    rank: int | None
+    node: int | None
+    local_rank: int | None
+    host: str | None
+    state: str  # the member's own state (RUN_STATES)
+    exit_code: int | None
+    created_at: float
+    heartbeat_at: float
+    finished_at: float | None
+    last_step: int
+    row_count: int
+    ended_by: str | None
+    summary: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,12 +267,27 @@ class FileInfo:
 class Storage(Protocol):
     """A place runs are stored.  See the module docstring for the concurrency contract."""
 
-    def open_run(self, entity: str, project: str, run_id: str, writer_id: str, resume: str) -> OpenedRun:
+    def open_run(
+        self,
+        entity: str,
+        project: str,
+        run_id: str,
+        writer_id: str,
+        resume: str,
+        member: Member | None = None,
+    ) -> OpenedRun:
         """Create the entity, project and run (state "running") if needed and register the writer.
 
         ``resume`` "must" and no such run: RunNotFound.  "never" and the run holds data from
         another writer: RunExists.  "" / "allow" / "auto": create or resume.  A new writer on an
         existing run is a resume: the run is "running" again until an EXIT record arrives.
+
+        ``member`` (a distributed job's writer): the run becomes (or stays) the job's top row and
+        the writer feeds the row ``member.row_id(run_id)``, made if needed (a member before rank 0
+        makes the top row as a placeholder); "must" asks for the job's run, "never" refuses only
+        another writer of the same row (or an existing single-process run), never another rank.
+        The returned ``row_id`` names the row that later batches and heartbeats address.
+        ValueError for a member that cannot be (``Member.check``).
         """
         ...
 
@@ -226,11 +320,16 @@ class Storage(Protocol):
         """
         ...
 
-    def heartbeat(self, entity: str, project: str, run_id: str, at: float) -> None: ...
+    def heartbeat(self, entity: str, project: str, run_id: str, at: float) -> None:
+        """A sign of life of the row ``run_id`` (a member row's own id for a distributed run's
+        member, ``OpenedRun.row_id``); revives a row the janitor marked crashed."""
+        ...
 
     def mark_stale_runs_crashed(self, older_than: float) -> list[str]:
         """Running runs whose last heartbeat is before ``older_than`` become "crashed"; returns
-        their paths.  A later batch or heartbeat makes such a run "running" again."""
+        their paths.  A later batch or heartbeat makes such a run "running" again.  A distributed
+        run's ranks are marked one by one (their rows' paths are returned, ``<id>~r<rank>``) and
+        the job's state follows (docs/storage.md, "Distributed runs")."""
         ...
 
     def compact(self, entity: str, project: str, run_id: str) -> int:
@@ -634,6 +733,45 @@ class RunQueries(Protocol):
     ) -> dict[str, Series]:
         """Every key downsampled over one x range (default: what the keys cover), in one
         snapshot.  A key the run does not have comes back empty.  RunNotFound."""
+        ...
+
+    def members(self, entity: str, project: str, run_id: str) -> list[MemberInfo]:
+        """A distributed run's rows: rank 0's (the top row, once rank 0 has opened), every
+        other rank's and every node writer's, by rank then node; ``[]`` for a single-process
+        run.  RunNotFound."""
+        ...
+
+    def member_id(
+        self, entity: str, project: str, run_id: str, rank: int | None = None, node: int | None = None
+    ) -> str:
+        """The run_id of the row holding rank ``rank`` (0: the run's own) or node ``node``'s own
+        writer.  RunNotFound; RankNotFound (naming what the run has) for a rank or node it lacks."""
+        ...
+
+    def system_id(self, entity: str, project: str, run_id: str) -> str:
+        """The row whose system metrics a run shows by default: the own writer of rank 0's node
+        for a distributed run once it has reported, else the run's own.  RunNotFound."""
+        ...
+
+    def rank_series(
+        self,
+        entity: str,
+        project: str,
+        run_id: str,
+        keys: Sequence[str],
+        buckets: int,
+        x_axis: str = "_step",
+        lo: float | None = None,
+        hi: float | None = None,
+    ) -> tuple[float | None, float | None, list[tuple[int, dict[str, Series]]]]:
+        """``series`` of every rank that has reported (rank 0 alone for a single process), all
+        over one x range so that their buckets line up, in one snapshot; and that range."""
+        ...
+
+    def rank_console(
+        self, entity: str, project: str, run_id: str, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, ConsoleLine]]:
+        """Every rank's console lines after ``after_id`` in arrival order, with their ranks."""
         ...
 
     def update_run(self, entity: str, project: str, run_id: str, changes: dict[str, Any]) -> RunInfo:

@@ -37,17 +37,18 @@ from runstream_ingest.server.storage.interface import (
     Bucket,
     ConsoleLine,
     FileInfo,
+    Member,
     OpenedRun,
-    RunExists,
     RunInfo,
     RunNotFound,
     StorageError,
     StoreResult,
     run_path,
 )
-from runstream_ingest.server.storage.sqlite import ingest
+from runstream_ingest.server.storage.sqlite import ingest, jobs
 from runstream_ingest.server.storage.sqlite import read as rd
 from runstream_ingest.server.storage.sqlite.schema import (
+    DIST_INDEXES,
     FIND_RUN,
     HISTORY,
     INSERT_CHUNK,
@@ -55,7 +56,7 @@ from runstream_ingest.server.storage.sqlite.schema import (
     SCHEMA_VERSION,
     SYSTEM,
     chunk_row,
-    pack,
+    migrate,
     read_transaction,
 )
 
@@ -91,11 +92,15 @@ class SqliteStorage:
                 row = c.execute("SELECT value FROM storage_meta WHERE key = 'schema_version'").fetchone()
                 if row is None:
                     c.execute("INSERT INTO storage_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif row[0] != str(SCHEMA_VERSION):
+                    for index in DIST_INDEXES:
+                        c.execute(index)
+                elif row[0] not in ("1", str(SCHEMA_VERSION)):
                     raise StorageError(
                         f"{self.path} has storage schema version {row[0]}; "
                         f"this server reads version {SCHEMA_VERSION}"
                     )
+                else:
+                    migrate(c, row[0])  # version 1 gains the distributed-run columns
         except BaseException as e:
             if hasattr(self, "_w"):
                 self._w.close()
@@ -221,53 +226,42 @@ class SqliteStorage:
             self._series_ids = {k: v for k, v in self._series_ids.items() if rid is not None and k[0] != rid}
 
     # --- writing -----------------------------------------------------------------------------
-    def open_run(self, entity: str, project: str, run_id: str, writer_id: str, resume: str) -> OpenedRun:
+    def open_run(
+        self,
+        entity: str,
+        project: str,
+        run_id: str,
+        writer_id: str,
+        resume: str,
+        member: Member | None = None,
+    ) -> OpenedRun:
         if resume not in RESUME_MODES:
             raise ValueError(f"resume must be one of {RESUME_MODES}, not {resume!r}")
         if not all((entity, project, run_id, writer_id)):
             raise ValueError("entity, project, run_id and writer_id must not be empty")
+        jobs.check_run_id(run_id)
+        if member is not None:
+            member.check()
         path = run_path(entity, project, run_id)
         with self._write(f"opening run {path}") as c:
             now = self._clock()
-            rid = self._find_run(c, entity, project, run_id)
-            resumed = rid is not None
-            if rid is None:
-                if resume == "must":
-                    raise RunNotFound(path)
-                pid = self._name_id(
-                    c, "projects", "entity,name", (self._name_id(c, "entities", "name", (entity,)), project)
+            if member is not None:
+                rid, row_id, resumed = jobs.register(
+                    self, c, entity, project, run_id, writer_id, resume, member, now
                 )
-                empty_map, empty_list = pack({}), pack([])
-                rid = c.execute(
-                    "INSERT INTO runs(project, run_id, state, created_at, heartbeat_at, meta, config,"
-                    " summary, latest, pinned, unpinned, stats, tags)"
-                    " VALUES (?,?,'running',?,?,?,?,?,?,?,?,?,?) RETURNING id",
-                    (pid, run_id, now, now, *[empty_map] * 5, empty_list, empty_map, empty_list),
-                ).fetchone()[0]
             else:
-                writers = dict(
-                    c.execute("SELECT writer_id, acked_seq FROM writers WHERE run = ?", (rid,)).fetchall()
-                )
-                others = sorted(
-                    w
-                    for w, acked in writers.items()
-                    if w != writer_id and acked > 0 and not w.endswith(rec.COMPANION_WRITER_SUFFIX)
-                )
-                if resume == "never" and others:
-                    raise RunExists(path, others)
-                # A new writer resumes the run: it runs again until its own EXIT.  A writer
-                # coming back only revives a run the janitor (not an EXIT) declared crashed.  A
-                # companion (the sidecar's own writer) never changes the run's state: its last
-                # console lines may well arrive after the producer's EXIT.
-                if resume != "companion":
-                    revive = "1" if writer_id not in writers else "ended_by = 'stale'"
-                    c.execute(
-                        "UPDATE runs SET state = 'running', ended_by = NULL, exit_code = NULL,"
-                        " finished_at = NULL"
-                        f" WHERE id = ? AND ({revive})",
-                        (rid,),
-                    )
-                c.execute("UPDATE runs SET heartbeat_at = max(heartbeat_at, ?) WHERE id = ?", (now, rid))
+                row_id = run_id
+                found = self._find_run(c, entity, project, run_id)
+                resumed = found is not None
+                if found is None:
+                    if resume == "must":
+                        raise RunNotFound(path)
+                    entity_id = self._name_id(c, "entities", "name", (entity,))
+                    pid = self._name_id(c, "projects", "entity,name", (entity_id, project))
+                    rid = jobs.insert_run(c, pid, run_id, now)
+                else:
+                    rid = found
+                    jobs.resume_row(c, path, rid, writer_id, resume, now)
             c.execute(
                 "INSERT OR IGNORE INTO writers(run, writer_id, acked_seq, opened_at) VALUES (?,?,0,?)",
                 (rid, writer_id, now),
@@ -276,7 +270,9 @@ class SqliteStorage:
                 "SELECT acked_seq FROM writers WHERE run = ? AND writer_id = ?", (rid, writer_id)
             ).fetchone()[0]
             last_step = c.execute("SELECT last_step FROM runs WHERE id = ?", (rid,)).fetchone()[0]
-        return OpenedRun(int(acked), resumed, int(last_step), path)
+            if (top := jobs.top_of(c, rid)) is not None:
+                jobs.recompute(c, top)  # a rank opening (again) may make the job run again
+        return OpenedRun(int(acked), resumed, int(last_step), path, row_id)
 
     def store_batch(
         self,
@@ -307,28 +303,45 @@ class SqliteStorage:
         path = run_path(entity, project, run_id)
         with self._write(f"heartbeat of run {path}") as c:
             rid = self._need_run(c, entity, project, run_id)
-            c.execute(
-                "UPDATE runs SET heartbeat_at = max(heartbeat_at, ?),"
-                " state = CASE WHEN ended_by = 'stale' THEN 'running' ELSE state END,"
-                " finished_at = CASE WHEN ended_by = 'stale' THEN NULL ELSE finished_at END,"
-                " ended_by = CASE WHEN ended_by = 'stale' THEN NULL ELSE ended_by END WHERE id = ?",
-                (at, rid),
-            )
+            ended_by, *kind = c.execute(
+                "SELECT ended_by, parent, rank, world_size FROM runs WHERE id = ?", (rid,)
+            ).fetchone()
+            c.execute("UPDATE runs SET heartbeat_at = max(heartbeat_at, ?) WHERE id = ?", (at, rid))
+            col = jobs.state_column(*kind)
+            if ended_by == "stale" and col is not None:  # a sign of life revives what the janitor ended
+                c.execute(
+                    f"UPDATE runs SET {col} = 'running', finished_at = NULL, ended_by = NULL WHERE id = ?",
+                    (rid,),
+                )
+                if (top := jobs.top_of(c, rid)) is not None:
+                    jobs.recompute(c, top)
 
     def mark_stale_runs_crashed(self, older_than: float) -> list[str]:
+        """Also a distributed run's ranks one by one (rank 0 by the top row's own state); node
+        rows never go stale themselves (their state follows their ranks'); the job's state is
+        recomputed for each run that had a rank marked."""
         with self._write("marking stale runs crashed") as c:
             stale = c.execute(
-                "SELECT r.id, e.name || '/' || p.name || '/' || r.run_id FROM runs r"
-                " JOIN projects p ON p.id = r.project JOIN entities e ON e.id = p.entity"
-                " WHERE r.state = 'running' AND r.heartbeat_at < ? ORDER BY r.id",
+                "SELECT r.id, e.name || '/' || p.name || '/' || r.run_id, r.parent, r.rank, r.world_size"
+                " FROM runs r JOIN projects p ON p.id = r.project JOIN entities e ON e.id = p.entity"
+                " WHERE r.state = 'running' AND r.heartbeat_at < ?"
+                " AND coalesce(r.own_state, 'running') = 'running'"
+                " AND (r.parent IS NULL OR r.rank IS NOT NULL) ORDER BY r.id",
                 (older_than,),
             ).fetchall()
-            c.executemany(
-                "UPDATE runs SET state = 'crashed', ended_by = 'stale', finished_at = heartbeat_at"
-                " WHERE id = ?",
-                [(rid,) for rid, _ in stale],
-            )
-        return [p for _, p in stale]
+            tops: set[int] = set()
+            for rid, _, parent, rank, world_size in stale:
+                col = jobs.state_column(parent, rank, world_size)
+                c.execute(
+                    f"UPDATE runs SET {col} = 'crashed', ended_by = 'stale', finished_at = heartbeat_at"
+                    " WHERE id = ?",
+                    (rid,),
+                )
+                if parent is not None or world_size is not None:
+                    tops.add(parent if parent is not None else rid)
+            for top in sorted(tops):
+                jobs.recompute(c, top)
+        return [p for _, p, *_ in stale]
 
     def compact(self, entity: str, project: str, run_id: str) -> int:
         """Merge runs of adjacent chunks smaller than COMPACT_MIN into chunks of at most
@@ -338,7 +351,9 @@ class SqliteStorage:
         path = run_path(entity, project, run_id)
         with self._write(f"listing chunks of run {path}") as c:
             rid = self._need_run(c, entity, project, run_id)
-            final = c.execute("SELECT state FROM runs WHERE id = ?", (rid,)).fetchone()[0] != "running"
+            # A row's own state: a distributed run's rank 0 may be done while the job runs.
+            own = c.execute("SELECT coalesce(own_state, state) FROM runs WHERE id = ?", (rid,)).fetchone()[0]
+            final = own != "running"
             todo = c.execute(
                 "SELECT s.id, s.kind, s.name FROM series s WHERE s.run = ? AND"
                 " (SELECT count(*) FROM chunks WHERE series = s.id AND count < ?) > 1",

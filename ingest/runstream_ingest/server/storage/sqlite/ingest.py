@@ -40,6 +40,7 @@ from runstream_ingest.server.storage.interface import (
     check_batch,
     run_path,
 )
+from runstream_ingest.server.storage.sqlite import jobs
 from runstream_ingest.server.storage.sqlite.alerts import store_alert
 from runstream_ingest.server.storage.sqlite.schema import (
     HISTORY,
@@ -206,8 +207,8 @@ def _apply(
 ) -> None:
     """Fold records, and ``lost`` seqs declared lost, into the run (inside the caller's
     transaction)."""
-    (state, ended_by, start, meta, config, latest, pinned, unpinned, stats, last_step, row_count,
-     regressions) = c.execute(LOAD_FOLD, (rid,)).fetchone()  # fmt: skip
+    (_, ended_by, start, meta, config, latest, pinned, unpinned, stats, last_step, row_count,
+     regressions, *kind) = c.execute(LOAD_FOLD, (rid,)).fetchone()  # fmt: skip
     stats = unpack(stats)
     fold = RunFold(unpack(meta), unpack(config), unpack(latest), unpack(pinned), unpack(unpinned),
                    stats, start, regressions=regressions, lost=int(stats.pop(LOST_STATS, 0)))  # fmt: skip
@@ -290,7 +291,7 @@ def _apply(
             "INSERT OR IGNORE INTO raw_records VALUES (?,?,?,?,?,?,?,?,?)",
             [(rid, writer_id, r.seq, r.kind, r.flags, r.step, r.time, r.body, why) for r, why in raw],
         )
-    _save_fold(store, c, rid, fold, state, ended_by, last_step, row_count)
+    _save_fold(store, c, rid, fold, kind, ended_by, last_step, row_count)
 
 
 def _save_fold(
@@ -298,14 +299,19 @@ def _save_fold(
     c: sqlite3.Connection,
     rid: int,
     fold: RunFold,
-    state: str,
+    kind: list[Any],
     ended_by: str | None,
     last_step: int,
     rows: int,
 ) -> None:
+    """Write the fold back; ``kind``: the row's (parent, rank, world_size), which say where its
+    own state goes (``jobs.state_column``) and whether a job's state follows from it."""
+    col = jobs.state_column(*kind)
     sets: dict[str, Any] = {"last_step": last_step, "row_count": rows, "heartbeat_at": None}
-    if ended_by == "stale":  # data is proof of life
-        sets.update(state="running", ended_by=None, finished_at=None)
+    changed = False
+    if ended_by == "stale" and col is not None:  # data is proof of life
+        sets.update({col: "running", "ended_by": None, "finished_at": None})
+        changed = True
     if "meta" in fold.dirty:
         m = fold.meta
         tags = m.get("tags")
@@ -315,6 +321,8 @@ def _save_fold(
             job_type=opt_str(m.get("job_type")), notes=opt_str(m.get("notes")),
             tags=pack([str(t) for t in tags] if isinstance(tags, list) else []),
         )  # fmt: skip
+        if sets["host"] is None:  # keep the host a rank's Open.member named (jobs.register)
+            del sets["host"]
     if "config" in fold.dirty:
         sets["config"] = pack(fold.config)
     if "summary" in fold.dirty:
@@ -324,12 +332,18 @@ def _save_fold(
         )  # fmt: skip
     if "exit" in fold.dirty:
         st, code = fold.exit_state()
-        sets.update(state=st, exit_code=code, ended_by="exit", finished_at=fold.exit_time)
+        sets.update(exit_code=code, ended_by="exit", finished_at=fold.exit_time)
+        if col is not None:  # a node row's state follows its ranks', not its writer's EXIT
+            sets[col] = st
+            changed = True
     assign = ", ".join(
         "heartbeat_at = max(heartbeat_at, ?)" if k == "heartbeat_at" else f"{k} = ?" for k in sets
     )
     sets["heartbeat_at"] = store._clock()
     c.execute(f"UPDATE runs SET {assign} WHERE id = ?", (*sets.values(), rid))
+    parent, _, world_size = kind
+    if changed and (parent is not None or world_size is not None):
+        jobs.recompute(c, parent if parent is not None else rid)
 
 
 def _is_int64(n: Any) -> bool:

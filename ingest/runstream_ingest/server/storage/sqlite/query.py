@@ -23,6 +23,8 @@ from runstream_ingest.server.storage.history import chunk_arrays as ca
 from runstream_ingest.server.storage.history import series as sr
 from runstream_ingest.server.storage.history.chunk_arrays import CellCache
 from runstream_ingest.server.storage.interface import (
+    ConsoleLine,
+    MemberInfo,
     MetricStats,
     RunBusy,
     RunFold,
@@ -34,7 +36,8 @@ from runstream_ingest.server.storage.interface import (
     StorageError,
     run_path,
 )
-from runstream_ingest.server.storage.sqlite.schema import read_transaction
+from runstream_ingest.server.storage.sqlite import members as mb
+from runstream_ingest.server.storage.sqlite.schema import clamp, read_transaction
 from runstream_ingest.server.storage.sqlite.sql import Sql, register
 
 if TYPE_CHECKING:
@@ -43,16 +46,18 @@ if TYPE_CHECKING:
 MAX_GROUPS = 1000
 HISTORY = 0  # series.kind of history keys
 RUN_COLS = """r.run_id, r.name, r.state, r.exit_code, r.created_at, r.heartbeat_at, r.finished_at,
-    r.host, r.program, r.tags, r.grp, r.job_type, r.notes, r.config, r.summary, r.last_step, r.row_count"""
+    r.host, r.program, r.tags, r.grp, r.job_type, r.notes, r.config, r.summary, r.last_step, r.row_count,
+    r.world_size, r.node_count"""
 PROJECT = "SELECT p.id FROM projects p JOIN entities e ON e.id = p.entity WHERE e.name = ? AND p.name = ?"
 
 
 def _info(entity: str, project: str, row: Sequence[Any]) -> RunInfo:
     (run_id, name, state, code, created, beat, finished, host, program, tags, group, job_type, notes,
-     config, summary, last_step, rows) = row  # fmt: skip
+     config, summary, last_step, rows, world_size, node_count) = row  # fmt: skip
     return RunInfo(entity, project, run_id, name, state, code, created, beat, finished, host, program,
                    rec.unpack_body(tags) if tags else [], group, job_type, notes, rec.unpack_body(config),
-                   rec.unpack_body(summary), last_step, rows)  # fmt: skip
+                   rec.unpack_body(summary), last_step, rows, world_size=world_size,
+                   node_count=node_count)  # fmt: skip
 
 
 def _flat_keys(d: Any, prefix: str, out: set[str], sep: str) -> None:
@@ -171,7 +176,9 @@ class SqliteQueries:
         """Every project (of ``entity`` when given) with its run count and last activity, the most
         recently active first: the dashboard's first page, which knows no entity yet."""
         sql = (
-            "SELECT e.name, p.name, count(r.id), max(max(r.heartbeat_at, coalesce(r.finished_at, 0)))"
+            # Runs are top rows; a distributed run's member rows count as its activity only.
+            "SELECT e.name, p.name, count(CASE WHEN r.parent IS NULL THEN r.id END),"
+            " max(max(r.heartbeat_at, coalesce(r.finished_at, 0)))"
             " FROM projects p JOIN entities e ON e.id = p.entity LEFT JOIN runs r ON r.project = p.id"
         )
         args: list[Any] = []
@@ -189,7 +196,7 @@ class SqliteQueries:
         with self._read(f"listing keys of {entity}/{project}") as c:
             pid = c.execute(PROJECT, (entity, project)).fetchone()
             rows = [] if pid is None else c.execute(
-                "SELECT config, summary FROM runs WHERE project = ?", (pid[0],)
+                "SELECT config, summary FROM runs WHERE project = ? AND parent IS NULL", (pid[0],)
             ).fetchall()  # fmt: skip
         for cfg, summ in rows:
             _flat_keys(cap_depth(rec.unpack_body(cfg)), "", config, ".")  # capped: _flat_keys recurses
@@ -208,10 +215,7 @@ class SqliteQueries:
         lo: float | None = None,
         hi: float | None = None,
     ) -> dict[str, sr.Series]:
-        if x_axis not in sr.X_AXES:
-            raise QueryError(f"x_axis must be one of {', '.join(sr.X_AXES)}, not {x_axis!r}")
-        if not 1 <= buckets <= sr.MAX_BUCKETS:
-            raise QueryError(f"buckets must be in [1, {sr.MAX_BUCKETS}], not {buckets}")
+        _check_series(x_axis, buckets)
         path = run_path(entity, project, run_id)
         with self._read(f"reading series of run {path}") as c:
             row = c.execute(
@@ -221,9 +225,44 @@ class SqliteQueries:
             ).fetchone()
             if row is None:
                 raise RunNotFound(path)
-            rid, start = row
-            names = {k: "_timestamp" if k in sr.X_AXES else k for k in keys}
-            marks = ",".join("?" * len(set(names.values())))
+            return self._series_of(c, [(f"run {path}", row[0], row[1])], keys, buckets, x_axis, lo, hi)[2][0]
+
+    def rank_series(
+        self,
+        entity: str,
+        project: str,
+        run_id: str,
+        keys: Sequence[str],
+        buckets: int,
+        x_axis: str = "_step",
+        lo: float | None = None,
+        hi: float | None = None,
+    ) -> tuple[float | None, float | None, list[tuple[int, dict[str, sr.Series]]]]:
+        _check_series(x_axis, buckets)
+        path = run_path(entity, project, run_id)
+        with self._read(f"reading every rank's series of run {path}") as c:
+            ranks = mb.rank_rows(c, entity, project, run_id)
+            runs = [(f"run {path} rank {rank}", rid, start) for rank, rid, start in ranks]
+            lo, hi, got = self._series_of(c, runs, keys, buckets, x_axis, lo, hi)
+        return lo, hi, [(rank, out) for (rank, _, _), out in zip(ranks, got, strict=True)]
+
+    def _series_of(
+        self,
+        c: sqlite3.Connection,
+        runs: Sequence[tuple[str, int, float | None]],
+        keys: Sequence[str],
+        buckets: int,
+        x_axis: str,
+        lo: float | None,
+        hi: float | None,
+    ) -> tuple[float | None, float | None, list[dict[str, sr.Series]]]:
+        """Each of ``runs`` (label, row id, start time) downsampled over ONE x range (default:
+        what the keys cover in all of them), so that their buckets line up; and that range
+        (None when no run has any point of the keys)."""
+        names = {k: "_timestamp" if k in sr.X_AXES else k for k in keys}
+        marks = ",".join("?" * len(set(names.values())))
+        prepared = []
+        for what, rid, start in runs:
             sids = dict(
                 c.execute(
                     f"SELECT name, id FROM series WHERE run = ? AND kind = {HISTORY} AND name IN ({marks})",
@@ -237,42 +276,66 @@ class SqliteQueries:
             start = start or 0.0
             axis = sr.Axis(x_axis, start if x_axis == "_runtime" else 0.0)
             rows = {k: self._chunk_rows(c, sids[n], axis, lo, hi) for k, n in names.items() if n in sids}
-            if lo is None or hi is None:
-                spans = [b for b in (sr.bounds(r, axis) for r in rows.values()) if b is not None]
-                if spans:
-                    lo = min(a for a, _ in spans) if lo is None else lo
-                    hi = max(b for _, b in spans) if hi is None else hi
+            prepared.append((what, start, axis, rows))
+        if lo is None or hi is None:
+            spans = [
+                b for _, _, axis, rows in prepared for b in (sr.bounds(r, axis) for r in rows.values()) if b
+            ]
+            if spans:
+                lo = min(a for a, _ in spans) if lo is None else lo
+                hi = max(b for _, b in spans) if hi is None else hi
 
-            def fetch(ids: Sequence[int]) -> dict[int, bytes]:
-                out: dict[int, bytes] = {}
-                for i in range(0, len(ids), 500):
-                    part = ids[i : i + 500]
-                    marks = ",".join("?" * len(part))
-                    out.update(
-                        c.execute(f"SELECT id, data FROM chunks WHERE id IN ({marks})", part).fetchall()
-                    )
-                return out
+        def fetch(ids: Sequence[int]) -> dict[int, bytes]:
+            out: dict[int, bytes] = {}
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ",".join("?" * len(part))
+                out.update(c.execute(f"SELECT id, data FROM chunks WHERE id IN ({marks})", part).fetchall())
+            return out
 
-            def fetch_prefix(rows: Sequence[sr.ChunkRow]) -> dict[int, bytes]:
-                # Incremental blob I/O reads the first pages of each blob only: the cells, not
-                # the compressed points behind them (a fifth of the time of whole blobs).
-                out: dict[int, bytes] = {}
-                for r in rows:
-                    with c.blobopen("chunks", "data", r.id, readonly=True) as blob:
-                        out[r.id] = blob.read(ca.prefix_len(r.points))
-                return out
+        def fetch_prefix(rows: Sequence[sr.ChunkRow]) -> dict[int, bytes]:
+            # Incremental blob I/O reads the first pages of each blob only: the cells, not
+            # the compressed points behind them (a fifth of the time of whole blobs).
+            out: dict[int, bytes] = {}
+            for r in rows:
+                with c.blobopen("chunks", "data", r.id, readonly=True) as blob:
+                    out[r.id] = blob.read(ca.prefix_len(r.points))
+            return out
 
+        result = []
+        for what, start, axis, rows in prepared:
             out = {}
             for k in keys:
                 if k not in rows or lo is None or hi is None:
                     out[k] = sr.Series(k, True)
                     continue
                 y = sr.YMap(shift=start if k == "_runtime" else 0.0, from_steps=k == "_step")
-                what = f"run {path} key {k!r}"
                 out[k] = sr.downsample(
-                    k, rows[k], fetch, buckets, axis, lo, hi, y, what, self.cells, fetch_prefix
+                    k, rows[k], fetch, buckets, axis, lo, hi, y, f"{what} key {k!r}", self.cells, fetch_prefix
                 )
-        return out
+            result.append(out)
+        return lo, hi, result
+
+    # --- distributed runs (members.py) -----------------------------------------------------------
+    def members(self, entity: str, project: str, run_id: str) -> list[MemberInfo]:
+        with self._read(f"listing the ranks of run {run_path(entity, project, run_id)}") as c:
+            return mb.members(c, entity, project, run_id)
+
+    def member_id(
+        self, entity: str, project: str, run_id: str, rank: int | None = None, node: int | None = None
+    ) -> str:
+        with self._read(f"finding a rank of run {run_path(entity, project, run_id)}") as c:
+            return mb.member_id(c, entity, project, run_id, rank, node)
+
+    def system_id(self, entity: str, project: str, run_id: str) -> str:
+        with self._read(f"finding the system metrics of run {run_path(entity, project, run_id)}") as c:
+            return mb.system_id(c, entity, project, run_id)
+
+    def rank_console(
+        self, entity: str, project: str, run_id: str, after_id: int = 0, limit: int = 1000
+    ) -> list[tuple[int, ConsoleLine]]:
+        with self._read(f"reading the console of run {run_path(entity, project, run_id)}") as c:
+            return mb.console(c, entity, project, run_id, clamp(after_id), clamp(limit))
 
     def _chunk_rows(
         self, c: sqlite3.Connection, sid: int, axis: sr.Axis, lo: float | None, hi: float | None
@@ -304,7 +367,8 @@ class SqliteQueries:
     ) -> tuple[int, str, bytes]:
         row = c.execute(
             "SELECT r.id, r.state, r.meta FROM runs r JOIN projects p ON p.id = r.project"
-            " JOIN entities e ON e.id = p.entity WHERE e.name = ? AND p.name = ? AND r.run_id = ?",
+            " JOIN entities e ON e.id = p.entity WHERE e.name = ? AND p.name = ? AND r.run_id = ?"
+            " AND r.parent IS NULL",  # a distributed run is edited and deleted as a whole
             (entity, project, run_id),
         ).fetchone()
         if row is None:
@@ -336,12 +400,23 @@ class SqliteQueries:
             rid, state, _ = self._run_row(c, entity, project, run_id)
             if state == "running":
                 raise RunBusy(f"run {path} is running; it can be deleted once it has ended")
-            c.execute("DELETE FROM chunks WHERE series IN (SELECT id FROM series WHERE run = ?)", (rid,))
-            for table in ("series", "history_values", "console_lines", "files", "raw_records", "batches",
-                          "writers", "alerts"):  # fmt: skip
-                c.execute(f"DELETE FROM {table} WHERE run = ?", (rid,))
-            c.execute("DELETE FROM runs WHERE id = ?", (rid,))
-            self.storage.forget_run(entity, project, run_id)
+            # A distributed run goes with its member rows (other ranks, node writers).
+            for row_id, row_run_id in [(rid, run_id), *mb.member_row_ids(c, rid)]:
+                c.execute(
+                    "DELETE FROM chunks WHERE series IN (SELECT id FROM series WHERE run = ?)", (row_id,)
+                )
+                for table in ("series", "history_values", "console_lines", "files", "raw_records", "batches",
+                              "writers", "alerts"):  # fmt: skip
+                    c.execute(f"DELETE FROM {table} WHERE run = ?", (row_id,))
+                c.execute("DELETE FROM runs WHERE id = ?", (row_id,))
+                self.storage.forget_run(entity, project, row_run_id)
+
+
+def _check_series(x_axis: str, buckets: int) -> None:
+    if x_axis not in sr.X_AXES:
+        raise QueryError(f"x_axis must be one of {', '.join(sr.X_AXES)}, not {x_axis!r}")
+    if not 1 <= buckets <= sr.MAX_BUCKETS:
+        raise QueryError(f"buckets must be in [1, {sr.MAX_BUCKETS}], not {buckets}")
 
 
 def _id_filter(run_id: str) -> Node:

@@ -29,18 +29,22 @@ if TYPE_CHECKING:
     from runstream_ingest.server.storage.sqlite.backend import SqliteStorage
 
 
+# A run's columns, and a distributed run's world size and node count (docs/distributed.md).
+RUN_DIST = RUN_INFO.replace(" FROM ", ", r.world_size, r.node_count FROM ", 1)
+
+
 def _info(row: Sequence[Any]) -> RunInfo:
     (entity, project, run_id, name, state, code, created, beat, finished, host, program, tags, group,
-     job_type, notes, config, summary, last_step, rows) = row  # fmt: skip
+     job_type, notes, config, summary, last_step, rows, world_size, node_count) = row  # fmt: skip
     return RunInfo(entity, project, run_id, name, state, code, created, beat, finished, host, program,
                    unpack(tags) if tags else [], group, job_type, notes, unpack(config), unpack(summary),
-                   last_step, rows)  # fmt: skip
+                   last_step, rows, world_size=world_size, node_count=node_count)  # fmt: skip
 
 
 def get_run(store: SqliteStorage, entity: str, project: str, run_id: str) -> RunInfo | None:
     with store._read("reading a run") as c:
         row = c.execute(
-            RUN_INFO.replace(" FROM ", ", r.meta FROM ", 1)
+            RUN_DIST.replace(" FROM ", ", r.meta FROM ", 1)
             + " WHERE e.name = ? AND p.name = ? AND r.run_id = ?",
             (entity, project, run_id),
         ).fetchone()
@@ -57,8 +61,8 @@ def list_runs(
 ) -> list[RunInfo]:
     with store._read("listing runs") as c:
         rows = c.execute(
-            RUN_INFO
-            + " WHERE e.name = ? AND p.name = ? ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?",
+            RUN_DIST + " WHERE e.name = ? AND p.name = ? AND r.parent IS NULL"  # member rows are hidden
+            " ORDER BY r.created_at DESC, r.id DESC LIMIT ? OFFSET ?",
             (entity, project, clamp(limit), clamp(offset)),
         ).fetchall()
     return [_info(r) for r in rows]

@@ -49,8 +49,11 @@ COLUMN_SQL = {
     "heartbeat_at": "r.heartbeat_at", "finished_at": "r.finished_at", "host": "r.host",
     "program": "r.program", "group": "r.grp", "job_type": "r.job_type", "notes": "r.notes",
     "last_step": "r.last_step", "rows": "r.row_count", "exit_code": "r.exit_code",
+    "world_size": "coalesce(r.world_size, 1)", "node_count": "coalesce(r.node_count, 1)",
 }  # fmt: skip
-NOT_NULL = frozenset(("id", "state", "created_at", "heartbeat_at", "last_step", "rows"))
+NOT_NULL = frozenset(
+    ("id", "state", "created_at", "heartbeat_at", "last_step", "rows", "world_size", "node_count")
+)
 _MISSING = object()
 CACHED_VALUES = 30_000  # (blob, key) -> value per function: ~30 MB at most, a 10,000-run table thrice
 _SEPARATORS = "./"
@@ -240,7 +243,7 @@ class Sql:
         raise QueryError(f"tags cannot be compared with {op}")
 
     def where(self, filters: Node | None, search: str | None) -> str:
-        parts = ["r.project = ?"]
+        parts = ["r.project = ?", "r.parent IS NULL"]  # member rows of distributed runs are hidden
         if filters is not None:
             parts.append(self.node(filters))
         if search:
