@@ -67,7 +67,7 @@ from runstream_ingest.sidecar.batcher import Batcher, Compressor
 from runstream_ingest.sidecar.journal import JournalWriter
 from runstream_ingest.sidecar.media.stage import MediaStage
 from runstream_ingest.sidecar.ring_reader import RingReader, Span
-from runstream_ingest.sidecar.shipper import Identity, Shipper
+from runstream_ingest.sidecar.shipper import ChannelPool, Identity, Member, Shipper
 from runstream_ingest.sidecar.sources.companion import (
     COMPANION_RESUME,
     COMPANION_SUFFIX,
@@ -98,6 +98,10 @@ SUMMARY_SLICE = 0.004  # seconds of summary folding per caught-up pass
 
 
 class Sidecar:
+    # Whether this pipeline folds its records into ``files/summary.json`` (31 us a row): a node
+    # sidecar's ranks other than 0 do not (node_pipeline.py), or 64 ranks' folds would take cores.
+    keep_summary = True
+
     def __init__(self, ring: RingMap, run_dir: Path, opts: argparse.Namespace) -> None:
         self.ring = ring
         self.words = ring.words
@@ -138,18 +142,35 @@ class Sidecar:
         self.shipper: Shipper | None = None
         self.companion_shipper: Shipper | None = None
         if opts.url:
-            key = os.environ.get("RUNSTREAM_API_KEY")
-            ident = Identity(opts.entity, opts.project, opts.run_id, opts.writer_id, opts.resume)
-            self.shipper = Shipper(run_dir, ident, opts.url, key, on_acked=self._acked)
-            cident = Identity(
-                opts.entity, opts.project, opts.run_id, opts.writer_id + COMPANION_SUFFIX, COMPANION_RESUME
-            )
-            self.companion_shipper = Shipper(companion_dir(run_dir), cident, opts.url, key)
-            self.companion.on_cut.append(self.companion_shipper.wake)
+            self.make_shippers()
         self.sources: list[Source] = self.make_sources()
         self.media = MediaStage(run_dir, self.words, self._upload_media)
         self._source_tasks: list[asyncio.Task[None]] = []
+        self._shipping: asyncio.Task[None] | None = None
         self._companion_shipping: asyncio.Task[None] | None = None
+        # the loop's state between passes (``step``)
+        self._next_check = 0.0
+        self._producer_gone = False
+        self._last_record = time.monotonic()
+
+    def make_shippers(self, member: Member | None = None, channels: ChannelPool | None = None) -> None:
+        """The producer's and the companion's shippers (online runs); a node sidecar's pipeline
+        passes its rank's ``member`` and the node's shared ``channels``."""
+        opts = self.opts
+        key = os.environ.get("RUNSTREAM_API_KEY")
+        ident = Identity(opts.entity, opts.project, opts.run_id, opts.writer_id, opts.resume, member)
+        self.shipper = Shipper(self.run_dir, ident, opts.url, key, on_acked=self._acked, channels=channels)
+        cident = Identity(
+            opts.entity,
+            opts.project,
+            opts.run_id,
+            opts.writer_id + COMPANION_SUFFIX,
+            COMPANION_RESUME,
+            member,
+        )
+        cdir = companion_dir(self.run_dir)
+        self.companion_shipper = Shipper(cdir, cident, opts.url, key, channels=channels)
+        self.companion.on_cut.append(self.companion_shipper.wake)
 
     def _lost_gap(self, first_seq: int) -> None:
         """Records below ``first_seq`` are neither in the journal nor in the ring: an earlier
@@ -186,7 +207,7 @@ class Sidecar:
         w[W_JOURNAL_ERRORS] = self._errors_before + self.journal.errors  # cumulative over sidecars
 
     def _to_summarise(self, data: bytes) -> None:
-        if self._summary_replay:
+        if self._summary_replay or not self.keep_summary:
             return
         self._unsummarised.append(data)
         self._unsummarised_bytes += len(data)
@@ -345,20 +366,29 @@ class Sidecar:
         return True
 
     async def maybe_sync(self, loop: asyncio.AbstractEventLoop, force: bool = False) -> None:
+        if force:
+            if self._sync_task is not None:
+                await self._sync_task
+                self._sync_task = None
+                self.words[W_SYNCED_SEQ] = self.journal.synced_seq
+            if self.opts.fsync == "group":
+                await loop.run_in_executor(None, self._sync_journals)
+                self.words[W_SYNCED_SEQ] = self.journal.synced_seq
+            return
+        self.sync_step(loop)
+
+    def sync_step(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Group commit: start an fsync of both journals on the executor when one is due (never
+        waits; the next pass sees it done)."""
         if self._sync_task is not None:
             if not self._sync_task.done():
-                if not force:
-                    return
-                await self._sync_task
+                return
             self._sync_task = None
             self.words[W_SYNCED_SEQ] = self.journal.synced_seq
         if self.opts.fsync != "group":
             return
         now = time.monotonic()
-        if force:
-            await loop.run_in_executor(None, self._sync_journals)
-            self.words[W_SYNCED_SEQ] = self.journal.synced_seq
-        elif now - self._last_sync >= self.opts.fsync_interval and (
+        if now - self._last_sync >= self.opts.fsync_interval and (
             self.journal.written_seq > self.journal.synced_seq
             or self.companion.journal.written_seq > self.companion.journal.synced_seq
         ):
@@ -369,48 +399,52 @@ class Sidecar:
         self.journal.sync()
         self.companion.journal.sync()
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+    def start(self) -> None:
+        """Start the shippers and sources as tasks of the running loop (before the first step)."""
         self.words[W_SIDECAR_PID] = os.getpid()
-        shipping = asyncio.create_task(self.shipper.run()) if self.shipper else None
+        self._shipping = asyncio.create_task(self.shipper.run()) if self.shipper else None
         self._companion_shipping = (
             asyncio.create_task(self.companion_shipper.run()) if self.companion_shipper else None
         )
         self._source_tasks = [asyncio.create_task(src.run()) for src in self.sources]
-        next_check = 0.0
-        producer_gone = False
-        last_record = time.monotonic()
-        while True:
-            n = self.drain_once()
-            await self.maybe_sync(loop)
-            now = time.monotonic()
-            if n:
-                last_record = now
-            if now >= next_check:
-                next_check = now + LIVENESS_EVERY
-                closed = bool(self.words[W_CLOSED])
-                producer_gone = closed or not self.producer_alive()
-                if self.journal.pending_bytes:
-                    self.journal.retry()
-                if producer_gone:
-                    self._give_up_if_disk_stays_full(now)
-            if producer_gone and n == 0 and self.reader.pending <= 0:
-                n = self.drain_once()  # a last look: records published just before the close
-                if n == 0 and self.reader.pending <= 0:
-                    break
-            if self.reader.pending > 0 and self.media.held_bytes < MEDIA_HELD_MAX:
-                await asyncio.sleep(0)  # more is published than one poll took: keep going
-            else:
-                # Caught up.  Sleeping (not spinning) while the producer trickles records in keeps
-                # the sidecar off the training process's core; the batch age bounds latency.
-                self.summarise(SUMMARY_SLICE)
-                idle = now - last_record > IDLE_AFTER and not self._unsummarised
-                await asyncio.sleep(IDLE_POLL_INTERVAL if idle else POLL_INTERVAL)
-        return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]), shipping=shipping)
 
-    async def shutdown(
-        self, loop: asyncio.AbstractEventLoop, crashed: bool, shipping: asyncio.Task[None] | None = None
-    ) -> int:
+    def step(self, loop: asyncio.AbstractEventLoop) -> float | None:
+        """One pass of the loop: drain, group commit, liveness.  Returns how long to wait before
+        the next pass (0: more is waiting), or None once the producer is gone and its ring is
+        drained (then ``shutdown``)."""
+        n = self.drain_once()
+        self.sync_step(loop)
+        now = time.monotonic()
+        if n:
+            self._last_record = now
+        if now >= self._next_check:
+            self._next_check = now + LIVENESS_EVERY
+            closed = bool(self.words[W_CLOSED])
+            self._producer_gone = closed or not self.producer_alive()
+            if self.journal.pending_bytes:
+                self.journal.retry()
+            if self._producer_gone:
+                self._give_up_if_disk_stays_full(now)
+        if self._producer_gone and n == 0 and self.reader.pending <= 0:
+            n = self.drain_once()  # a last look: records published just before the close
+            if n == 0 and self.reader.pending <= 0:
+                return None
+        if self.reader.pending > 0 and self.media.held_bytes < MEDIA_HELD_MAX:
+            return 0.0  # more is published than one poll took: keep going
+        # Caught up.  Sleeping (not spinning) while the producer trickles records in keeps
+        # the sidecar off the training process's core; the batch age bounds latency.
+        self.summarise(SUMMARY_SLICE)
+        idle = now - self._last_record > IDLE_AFTER and not self._unsummarised
+        return IDLE_POLL_INTERVAL if idle else POLL_INTERVAL
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.start()
+        while (delay := self.step(loop)) is not None:
+            await asyncio.sleep(delay)
+        return await self.shutdown(loop, crashed=not bool(self.words[W_CLOSED]))
+
+    async def shutdown(self, loop: asyncio.AbstractEventLoop, crashed: bool) -> int:
         if self.media.held_bytes:  # media still encoding: wait off the loop, which stays free
             await loop.run_in_executor(None, self.media.wait)
             self._media_ready(block=True)
@@ -446,7 +480,7 @@ class Sidecar:
         if companion_lost:
             log.error("%d of the sidecar's own records (system, console, files) were lost", companion_lost)
         for shipper, task, journal in (
-            (self.shipper, shipping, self.journal),
+            (self.shipper, self._shipping, self.journal),
             (self.companion_shipper, self._companion_shipping, self.companion.journal),
         ):
             if shipper is None or task is None:
@@ -580,6 +614,8 @@ class Sidecar:
         from runstream.format.atomic import write_json_atomic
         from runstream.read.local import replay
 
+        if not self.keep_summary:
+            return
         try:
             if self._summary_replay:
                 state, _ = replay(self.run_dir, keep_rows=False)
@@ -599,6 +635,16 @@ def ring_first_seq(ring: RingMap) -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    return parser().parse_args(argv)
+
+
+def parse_known(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``parse_args`` that returns the arguments it does not know instead of exiting (a node
+    sidecar reads ranks' arguments: a newer SDK's must not stop it)."""
+    return parser().parse_known_args(argv)
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="runstream-sidecar")
     p.add_argument("--ring", type=Path, required=True)
     p.add_argument("--run-dir", type=Path, required=True)
@@ -626,7 +672,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--save-code", action="store_true")
     p.add_argument("--ignore-glob", action="append", default=[])
     p.add_argument("--console", action="append", default=[], help="STREAM:READFD:TEEFD (console.md)")
-    return p.parse_args(argv)
+    return p
 
 
 def take_lock(run_dir: Path) -> int | None:

@@ -26,7 +26,6 @@ import logging
 import os
 import random
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,11 @@ from runstream.format import record as rec
 from runstream.format.frame import CODEC_ZSTD, TYPE_BATCH, parse_segment_name, segment_name
 from runstream.format.fs import OsFileSystem
 from runstream.format.journal_read import Damage, _Scan, decode_payload, scan_segment, split_storable
+from runstream_ingest.sidecar.channels import ChannelPool, Target, discover, make_channel
 from runstream_ingest.wire import ingest_pb2 as pb
 from runstream_ingest.wire import ingest_pb2_grpc as pb_grpc
+
+__all__ = ["ChannelPool", "Identity", "Member", "Shipper", "Target", "discover", "read_marker"]
 
 log = logging.getLogger("runstream.shipper")
 
@@ -76,11 +78,35 @@ Piece = tuple[int, int, int, bytes]  # a batch to send: (first_seq, last_seq, co
 
 
 @dataclass(frozen=True)
-class Target:
-    url: str  # the server's one address, http(s)://host:port
-    grpc_addr: str  # host:port, from /api/v1/info
-    tls: bool
-    api_key: str | None
+class Member:
+    """Which part of a distributed job a writer feeds (``Open.member``, docs/distributed.md):
+    a rank's writers carry their rank; a node sidecar's own writer ``node_writer=True``."""
+
+    rank: int
+    node: int
+    world_size: int
+    node_count: int
+    local_rank: int = 0
+    node_writer: bool = False
+    host: str = ""
+
+    @classmethod
+    def from_run_json(cls, meta: dict[str, Any]) -> Member | None:
+        """The Member of a rank's ``run.json`` (its distributed fields), or None for a
+        single-process run (no ``rank`` or a world size below 2)."""
+        try:
+            if meta.get("rank") is None or int(meta.get("world_size") or 0) < 2:
+                return None
+            return cls(
+                rank=int(meta["rank"]),
+                node=int(meta.get("node") or 0),
+                world_size=int(meta["world_size"]),
+                node_count=max(int(meta.get("node_count") or 1), 1),
+                local_rank=int(meta.get("local_rank") or 0),
+                host=str(meta.get("host") or ""),
+            )
+        except (TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -90,16 +116,34 @@ class Identity:
     run_id: str
     writer_id: str
     resume: str = ""
+    member: Member | None = None  # distributed runs only; None: Open has no member (as before)
 
 
-def discover(url: str, api_key: str | None, timeout: float = 5.0) -> Target:
-    """Ask the server which gRPC port goes with its HTTP address (raises OSError when down)."""
-    base = url.rstrip("/")
-    req = urllib.request.Request(base + "/api/v1/info")  # needs no key: none is sent
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        info = json.load(resp)
-    host = base.split("://", 1)[-1].rsplit(":", 1)[0]
-    return Target(base, f"{host}:{info['grpc_port']}", base.startswith("https://"), api_key)
+def open_message(i: Identity, version: int) -> Any:
+    """The ``Open`` of a stream for ``i``; its member is left out where the generated wire code
+    predates ``Member`` (a shipper older than the server's routing still ships single runs)."""
+    msg = pb.Open(
+        entity=i.entity,
+        project=i.project,
+        run_id=i.run_id,
+        writer_id=i.writer_id,
+        resume=i.resume,
+        protocol_version=version,
+    )
+    m = i.member
+    if m is not None and hasattr(pb, "Member"):
+        msg.member.CopyFrom(
+            pb.Member(
+                rank=m.rank,
+                node=m.node,
+                world_size=m.world_size,
+                node_count=m.node_count,
+                local_rank=m.local_rank,
+                node_writer=m.node_writer,
+                host=m.host,
+            )
+        )
+    return msg
 
 
 def read_marker(run_dir: Path) -> dict[str, Any]:
@@ -237,8 +281,10 @@ class Shipper:
         url: str,
         api_key: str | None,
         on_acked: Callable[[int], None] | None = None,
+        channels: ChannelPool | None = None,
     ) -> None:
         self.run_dir = run_dir
+        self.channels = channels  # shared with other shippers (a node sidecar); None: its own
         self.identity = identity
         self.url = url
         self.api_key = api_key
@@ -344,35 +390,27 @@ class Shipper:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _session(self) -> None:
+        if self.channels is not None:
+            _, channel = await self.channels.get()
+            try:
+                await self._stream(channel)
+            except asyncio.CancelledError:  # the shipper is being stopped: the channel is fine
+                raise
+            except BaseException:
+                self.channels.failed()
+                raise
+            return
         loop = asyncio.get_running_loop()
         target = await loop.run_in_executor(None, discover, self.url, self.api_key)
-        options = [
-            ("grpc.max_send_message_length", 64 << 20),  # the server's limit is the one that counts
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ]
-        channel = (
-            grpc.aio.secure_channel(target.grpc_addr, grpc.ssl_channel_credentials(), options)
-            if target.tls
-            else grpc.aio.insecure_channel(target.grpc_addr, options)
-        )
+        async with make_channel(target) as channel:
+            await self._stream(channel)
+
+    async def _stream(self, channel: grpc.aio.Channel) -> None:
         metadata = (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
-        async with channel:
-            stub = pb_grpc.IngestStub(channel)  # type: ignore[no-untyped-call]
-            call = stub.Stream(metadata=metadata)
-            i = self.identity
-            await call.write(
-                pb.ClientMessage(
-                    open=pb.Open(
-                        entity=i.entity,
-                        project=i.project,
-                        run_id=i.run_id,
-                        writer_id=i.writer_id,
-                        resume=i.resume,
-                        protocol_version=self.version,
-                    )
-                )
-            )
+        stub = pb_grpc.IngestStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.Stream(metadata=metadata)
+        try:
+            await call.write(pb.ClientMessage(open=open_message(self.identity, self.version)))
             first = await call.read()
             if first is grpc.aio.EOF or first.WhichOneof("msg") != "opened":
                 raise ValueError("the server did not answer Open")
@@ -386,6 +424,10 @@ class Shipper:
                 await self._send(call, reader)
             finally:
                 reader.cancel()
+        finally:
+            # On a shared channel the call outlives this session unless it is cancelled; on a
+            # channel of its own, closing the channel ends it anyway.
+            call.cancel()
 
     def _resume_from(self, server_acked: int) -> None:
         """The server's ``Opened.acked_seq`` is the authority on what it holds, above upload.json:

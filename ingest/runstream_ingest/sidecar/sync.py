@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -29,7 +30,7 @@ from runstream.format.frame import parse_segment_name
 from runstream.format.fs import OsFileSystem
 from runstream.format.journal_read import ScannedFrame, scan_segment
 from runstream.rundir import find_run_dirs, resolve_run_dir
-from runstream_ingest.sidecar.shipper import Identity, Shipper, read_marker
+from runstream_ingest.sidecar.shipper import Identity, Member, Shipper, read_marker
 from runstream_ingest.sidecar.sources.blob_upload import sync_files
 from runstream_ingest.sidecar.sources.companion import COMPANION_RESUME, COMPANION_SUFFIX, companion_dir
 
@@ -78,19 +79,52 @@ def _bar(done: float, total: float, width: int = 28) -> str:
 async def sync_one(
     run_dir: Path, url: str, api_key: str | None, timeout: float | None, companion: bool = False
 ) -> tuple[int, str]:
-    """Upload one writer of a run: the producer's journal, or (``companion``) the sidecar's own."""
+    """Upload one writer of a run: the producer's journal, or (``companion``) the sidecar's own.
+    A rank of a distributed run (``run.json`` with its rank) is uploaded as that rank's member."""
     meta = json.loads((run_dir / "run.json").read_text())
     writer_id = meta.get("writer_id") or meta["id"]
     writer_dir, resume = run_dir, "allow"
     if companion:
         writer_dir, writer_id, resume = companion_dir(run_dir), writer_id + COMPANION_SUFFIX, COMPANION_RESUME
-    ident = Identity(meta["entity"], meta["project"], meta["id"], writer_id, resume)
+    member = Member.from_run_json(meta)
+    ident = Identity(meta["entity"], meta["project"], meta["id"], writer_id, resume, member)
+    label = f"{ident.entity}/{ident.project}/{ident.run_id}"
+    if member is not None:
+        label += f" rank {member.rank}"
+    return await ship_writer(
+        writer_dir, ident, url, api_key, timeout, label + (" (sidecar records)" if companion else "")
+    )
+
+
+async def sync_node_writer(
+    node_dir: Path, url: str, api_key: str | None, timeout: float | None
+) -> tuple[int, str]:
+    """Upload a node directory's own writer (``companion/``: the node-wide system metrics)."""
+    meta = json.loads((node_dir / "node.json").read_text())
+    writer_id = json.loads((node_dir / "companion" / "writer.json").read_text())["writer_id"]
+    node = int(meta.get("node") or 0)
+    member = Member(
+        rank=0,
+        node=node,
+        world_size=max(int(meta.get("world_size") or 2), 2),
+        node_count=max(int(meta.get("node_count") or 1), 1),
+        node_writer=True,
+        host=str(meta.get("host") or ""),
+    )
+    ident = Identity(meta["entity"], meta["project"], meta["id"], writer_id, COMPANION_RESUME, member)
+    label = f"{ident.entity}/{ident.project}/{ident.run_id} node {node} (system metrics)"
+    return await ship_writer(node_dir / "companion", ident, url, api_key, timeout, label)
+
+
+async def ship_writer(
+    writer_dir: Path, ident: Identity, url: str, api_key: str | None, timeout: float | None, path: str
+) -> tuple[int, str]:
+    """Ship one writer's journal (``writer_dir/journal``) until the server acked all of it."""
     last_seq, total, damage = journal_scan(writer_dir)
     shipper = Shipper(writer_dir, ident, url, api_key)
     task = asyncio.create_task(shipper.run())
     t0 = time.monotonic()
     last_contact = t0
-    path = f"{ident.entity}/{ident.project}/{ident.run_id}" + (" (sidecar records)" if companion else "")
     tty = sys.stderr.isatty()
     try:
         while shipper.acked < last_seq and shipper.fatal is None and not task.done():
@@ -142,40 +176,91 @@ async def sync_one(
             print(file=sys.stderr)
 
 
+def worse(a: int, b: int) -> int:
+    """The worse of two exit codes (SEVERITY)."""
+    return max(a, b, key=lambda c: SEVERITY.get(c, 4))
+
+
+def node_dir_of(path: Path) -> Path | None:
+    """The node directory of a distributed run that ``path`` names (the directory itself, a
+    ``latest-run`` link to it, or a ``runstream/`` directory or root whose latest run it is), else
+    None.  A node directory holds ``node.json`` and one ``rank-<r>/`` run directory per rank."""
+    for p in (path, path / "latest-run", path / "runstream" / "latest-run"):
+        with contextlib.suppress(OSError):
+            if (p / "node.json").is_file():
+                return p.resolve()
+    return None
+
+
+def rank_dirs(node_dir: Path) -> list[Path]:
+    """A node directory's rank directories, by rank."""
+    found = []
+    for p in node_dir.glob("rank-*"):
+        rank = p.name[len("rank-") :]
+        if rank.isdigit() and p.is_dir():
+            found.append((int(rank), p))
+    return [p for _, p in sorted(found)]
+
+
+def sync_run_dir(d: Path, url: str, api_key: str | None, timeout: float | None) -> int:
+    """Sync one run directory (a single run, or one rank of a node); prints a line per writer."""
+    if not (d / "run.json").exists():
+        print(f"runstream: skipping {d}: no run.json", file=sys.stderr)
+        return 0
+    code, msg = sync_files(d, url, api_key)  # before the records that name them
+    print(("runstream: " if code == 0 else "runstream: error: ") + msg, file=sys.stderr)
+    worst = code
+    for companion in (False, True):
+        if companion and not (companion_dir(d) / "journal").is_dir():
+            continue
+        try:
+            code, msg = asyncio.run(sync_one(d, url, api_key, timeout, companion))
+        except (OSError, ValueError, KeyError) as e:  # an unreadable run.json or journal
+            code, msg = 1, f"{d}: cannot be read: {type(e).__name__}: {e}"
+        prefix = {0: "runstream: ", EXIT_LOST: "runstream: warning: "}.get(code, "runstream: error: ")
+        print(prefix + msg, file=sys.stderr)
+        worst = worse(worst, code)
+    return worst
+
+
 def sync_main(args: argparse.Namespace) -> int:
     from runstream.login import credentials
 
     creds = credentials(args.host)
     if not creds.host:
         raise UsageError("no server to sync to: pass --host, set RUNSTREAM_HOST, or run `runstream login`")
-    dirs = [resolve_run_dir(d) for d in args.run_dirs]
+    dirs: list[Path] = []
+    for d in args.run_dirs:
+        node = node_dir_of(Path(d))
+        dirs.append(node if node is not None else resolve_run_dir(d))
     if args.all is not None:
         dirs += find_run_dirs(Path(args.all))
     if not dirs:
         raise UsageError("name run directories to sync, or pass --all [DIR]")
     worst = 0
-
-    def worse(a: int, b: int) -> int:
-        return max(a, b, key=lambda c: SEVERITY.get(c, 4))
-
-    for d in dirs:
-        if not (d / "run.json").exists():
-            print(f"runstream: skipping {d}: no run.json", file=sys.stderr)
-            continue
-        code, msg = sync_files(d, creds.host, creds.api_key)  # before the records that name them
-        print(("runstream: " if code == 0 else "runstream: error: ") + msg, file=sys.stderr)
-        worst = worse(worst, code)
-        for companion in (False, True):
-            if companion and not (companion_dir(d) / "journal").is_dir():
-                continue
+    for top in dirs:
+        node = node_dir_of(top)
+        for d in rank_dirs(node) if node is not None else [top]:
+            worst = worse(worst, sync_run_dir(d, creds.host, creds.api_key, args.timeout))
+        if node is not None and (node / "companion" / "writer.json").exists():
             try:
-                code, msg = asyncio.run(sync_one(d, creds.host, creds.api_key, args.timeout, companion))
-            except (OSError, ValueError, KeyError) as e:  # an unreadable run.json or journal
-                code, msg = 1, f"{d}: cannot be read: {type(e).__name__}: {e}"
+                code, msg = asyncio.run(sync_node_writer(node, creds.host, creds.api_key, args.timeout))
+            except (OSError, ValueError, KeyError) as e:
+                code, msg = 1, f"{node}: its node writer cannot be read: {type(e).__name__}: {e}"
             prefix = {0: "runstream: ", EXIT_LOST: "runstream: warning: "}.get(code, "runstream: error: ")
             print(prefix + msg, file=sys.stderr)
             worst = worse(worst, code)
     return worst
 
 
-__all__ = ["EXIT_LOST", "journal_extent", "journal_scan", "read_marker", "sync_main", "sync_one"]
+__all__ = [
+    "EXIT_LOST",
+    "journal_extent",
+    "journal_scan",
+    "node_dir_of",
+    "rank_dirs",
+    "read_marker",
+    "sync_main",
+    "sync_node_writer",
+    "sync_one",
+]

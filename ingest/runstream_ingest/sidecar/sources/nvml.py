@@ -143,6 +143,29 @@ class Nvml:
                     out[p + "proc_mem_mib"] = used / MiB
         return out
 
+    def processes(self) -> list[dict[int, int] | None]:
+        """Per GPU (by index): ``{pid: bytes of GPU memory}`` of every process on it (compute and
+        graphics contexts), or None when NVML cannot tell.  One query per GPU for all the ranks a
+        node sidecar watches, rather than one per rank."""
+        out: list[dict[int, int] | None] = []
+        for h in self.handles:
+            seen: dict[int, int] = {}
+            known = False
+            for what, fn in (
+                ("compute processes", self.nv.nvmlDeviceGetComputeRunningProcesses),
+                ("graphics processes", self.nv.nvmlDeviceGetGraphicsRunningProcesses),
+            ):
+                procs = self._get(what, fn, h)
+                if procs is None:
+                    continue
+                known = True
+                for proc in procs:
+                    used = getattr(proc, "usedGpuMemory", None)
+                    if used is not None:
+                        seen[int(proc.pid)] = max(seen.get(int(proc.pid), 0), int(used))
+            out.append(seen if known else None)
+        return out
+
     def process_memory(self, handle: Any, pids: Collection[int]) -> int | None:
         """Bytes of GPU memory ``pids`` hold on one GPU (compute and graphics contexts, each
         process counted once), or None when NVML cannot tell."""

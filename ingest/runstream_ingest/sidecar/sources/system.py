@@ -168,6 +168,21 @@ class Sampler:
         up = [c for name, c in nics.items() if name != "lo"]
         return (float(sum(c.bytes_sent for c in up)), float(sum(c.bytes_recv for c in up)))
 
+    def sample_process(self) -> dict[str, float]:
+        """The training process tree's stats only (``proc.*``): a node sidecar's per-rank reading;
+        rates over the time since the previous call (the first call primes and returns {})."""
+        now = time.monotonic()
+        first = self._prev_at == 0.0
+        dt = max(now - self._prev_at, 1e-6)
+        self._prev_at = now
+        out: dict[str, float] = {}
+        self._process(out, now, dt)
+        return {} if first else out
+
+    def tree_pids(self) -> set[int]:
+        """The pids of the training process tree as of the last reading."""
+        return {p.pid for p in self._tree}
+
     def prime(self) -> None:
         """The first readings the rates of the first sample are measured from."""
         self._prev_at = time.monotonic()
