@@ -75,6 +75,16 @@ def resolve_mode(mode: str) -> str:
     return "redirect"
 
 
+def rank_mode(mode: str) -> str:
+    """The mode for a rank of a distributed run: ``auto`` and ``redirect`` become ``wrap``.
+
+    One node sidecar serves every rank of a node, so console pipes (one pair per process, read by
+    that process's own sidecar) would have no single reader that knows whose lines they are; a
+    wrapped line goes through the rank's own ring and is stored as that rank's.  Output written
+    by C code or by the rank's child processes is therefore not captured (docs/distributed.md)."""
+    return "wrap" if mode in ("auto", "redirect") else mode
+
+
 def _pipe_size() -> int:
     try:
         with open("/proc/sys/fs/pipe-max-size") as f:

@@ -133,15 +133,26 @@ def resolve_run_dir(path: str | os.PathLike[str]) -> Path:
         raise UsageError(f"{str(p)!r} does not exist; {expected}")
     if is_run_dir(p):
         return p.resolve()
+    _not_a_node_dir(p)
     for base in (p, runs_dir(p)):
         latest = _latest_in(base)
         if latest is not None:
+            _not_a_node_dir(latest)
             if not is_run_dir(latest):
                 raise UsageError(
                     f"{str(base)!r} names {str(latest)!r} as its latest run, which is not a run directory"
                 )
             return latest.resolve()
     raise UsageError(f"{str(p)!r} is not a run directory; {expected}")
+
+
+def _not_a_node_dir(path: Path) -> None:
+    """A distributed run's node directory holds one run directory per rank, not one run: say so."""
+    if (path / "node.json").is_file():
+        raise UsageError(
+            f"{str(path)!r} is the node directory of a distributed run: each rank's run directory is "
+            f"in it as rank-<r>/ (`runstream inspect {path}` lists them)"
+        )
 
 
 def _latest_in(base: Path) -> Path | None:

@@ -65,10 +65,16 @@ def say(settings: Settings, msg: str) -> None:
 
 
 def _find_local_run(root: Path, run_id: str) -> Path | None:
-    for d in reversed(find_run_dirs(root)):
+    for d in reversed(_single_run_dirs(root)):
         if d.name.endswith(f"-{run_id}"):
             return d
     return None
+
+
+def _single_run_dirs(root: Path) -> list[Path]:
+    """``find_run_dirs`` less the node directories of distributed runs (their ranks' run
+    directories are inside; a single-process run never resumes one of them)."""
+    return [d for d in find_run_dirs(root) if not (d / "node.json").is_file()]
 
 
 def _resume_target(settings: Settings, resume: Any, run_id: str | None) -> Path | None:
@@ -82,7 +88,7 @@ def _resume_target(settings: Settings, resume: Any, run_id: str | None) -> Path 
     if resume in (True, "auto") and run_id is None:
         from runstream.read.local import sidecar_running
 
-        dirs = find_run_dirs(settings.root_dir)
+        dirs = _single_run_dirs(settings.root_dir)
         if dirs and not sidecar_running(dirs[-1]):
             state, _ = replay(dirs[-1], keep_rows=False)
             if state.state(running=False) == "crashed":
@@ -181,7 +187,9 @@ def init(
             warn (``RuntimeWarning``) and return the active run unchanged, ignoring every other
             argument.  True: finish the active run first (which blocks as ``finish`` does).
         tags: Strings to label the run with (``run.tags``).
-        group: Groups related runs (e.g. the workers of one distributed job).
+        group: Groups related runs.  In a distributed job, passing a group keeps W&B's pattern
+            of one run per rank (each rank a single-process run); without one, the job's ranks
+            make one run (docs/distributed.md).
         name: The display name.  Default: a generated ``adjective-noun-N``, or the stored
             name of the run being resumed.
         notes: A longer description of the run.
@@ -194,7 +202,8 @@ def init(
             ``WANDB_BASE_URL`` or ``runstream login``, keeping a local copy; offline, with a
             message, when no server is configured), ``"offline"`` (local only; upload later
             with ``runstream sync``; ``"dryrun"`` means the same) or ``"disabled"``
-            (nothing is written and no process started; see Returns).
+            (nothing is written and no process started; see Returns).  W&B's ``"shared"`` is
+            ``"online"`` with the processes as ranks of one run (docs/distributed.md).
         allow_val_change: Let a config key that is already set take a new value; otherwise
             such a change raises ``ConfigError``.
         resume: ``None``/``False``: start a new run.  ``True``/``"auto"``: without ``id``,
@@ -258,6 +267,15 @@ def init(
         (then going on from local state) and for up to about 30 s with ``"must"``/``"never"``
         (then raising ``UsageError``).
 
+    Distributed jobs: under torchrun, SLURM, DeepSpeed, MPI or Ray (or ``RUNSTREAM_RANK`` and
+    ``RUNSTREAM_WORLD_SIZE``), with a world size above 1, every rank's ``init`` joins the job's
+    one run: the run id is agreed without waiting on other ranks (explicit id, else derived from
+    the launcher's job id, else broadcast over an initialised ``torch.distributed``), the rank
+    writes ``rank-<r>/`` inside its node's directory, and one node sidecar per node journals every
+    rank.  Such an ``init`` never asks the server; a rank other than 0 that cannot learn the run
+    id raises ``UsageError`` naming ``RUNSTREAM_RUN_ID`` and ``RUNSTREAM_JOB_ID``
+    (docs/distributed.md).
+
     ``init`` and ``finish`` serialise on a lock, and a process has at most one active run.
     The W&B parameters that ask for a feature runstream lacks (``magic``, ``monitor_gym``
     with a true value; ``fork_from``, ``resume_from``
@@ -294,6 +312,11 @@ def init(
             run = DisabledRun(s, cfg_dict)
             _publish(run)
             return run
+        from runstream.distributed.start import who_am_i
+
+        # None: one process, today's path (a "shared" mode becomes "online").  A group given
+        # here is W&B's one-run-per-rank pattern: kept (docs/distributed.md).
+        who = who_am_i(s, grouped=_group_given(group, settings))
         online = None
         if s.mode == "online":
             from runstream.login import credentials
@@ -303,23 +326,49 @@ def init(
                 online = Online(creds.host, creds.api_key)
             else:
                 say(s, "no server configured (RUNSTREAM_HOST or `runstream login`): running offline")
-        run_id = validate_run_id(s.run_id) if s.run_id else None
-        # Online, resume="must" with an id asks the server first (below); without one it is an error.
-        must_ask_server = online is not None and resume == "must" and run_id is not None
-        target = None if must_ask_server else _resume_target(s, resume, run_id)
-        remote = None
-        if online is not None and run_id and resume not in (None, False):
-            remote = _check_server_resume(online, s, run_id, str(resume))
-            if target is None and resume == "must":
-                target = _find_local_run(s.root_dir, run_id)
-        if target is not None:
-            remote = None  # the local journal knows where the run stands
-        new = _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, online, resume, remote)
+        if who is not None:
+            from runstream.distributed.start import start_rank
+
+            new = start_rank(s, who, cfg_dict, bool(allow_val_change), save_code, online)
+        else:
+            new = _start_one(s, cfg_dict, allow_val_change, save_code, online, resume)
         if sync_tensorboard or tensorboard or "runstream.tensorboard" in sys.modules:  # asked, or patch()
             from runstream.tensorboard import start as start_tensorboard
 
             start_tensorboard(new, bool(sync_tensorboard or tensorboard))
         return new
+
+
+def _group_given(group: str | None, settings: Settings | Mapping[str, Any] | None) -> bool:
+    """Whether the script itself named a group (argument or ``settings=``; not the environment)."""
+    if group is not None:
+        return True
+    if isinstance(settings, Settings):
+        return settings.group is not None
+    return isinstance(settings, Mapping) and any(settings.get(k) is not None for k in ("group", "run_group"))
+
+
+def _start_one(
+    s: Settings,
+    cfg_dict: dict[str, Any],
+    allow_val_change: bool | None,
+    save_code: bool | None,
+    online: Online | None,
+    resume: Any,
+) -> Run:
+    """``init``'s single-process path: settle resume, then start the run."""
+    run_id = validate_run_id(s.run_id) if s.run_id else None
+    # Online, resume="must" with an id asks the server first (below); without one it is an error.
+    must_ask_server = online is not None and resume == "must" and run_id is not None
+    target = None if must_ask_server else _resume_target(s, resume, run_id)
+    remote = None
+    if online is not None and run_id and resume not in (None, False):
+        remote = _check_server_resume(online, s, run_id, str(resume))
+        if target is None and resume == "must":
+            target = _find_local_run(s.root_dir, run_id)
+    if target is not None:
+        remote = None  # the local journal knows where the run stands
+    return _start(s, run_id, target, cfg_dict, bool(allow_val_change), save_code, online, resume, remote)
 
 
 @dataclass(frozen=True)
@@ -458,6 +507,11 @@ def _locate_run(
 def _open_ring(s: Settings, origin: _Origin) -> tuple[RingMap, RingWriter]:
     """Create the shared-memory ring and its writer, which warns once when it starts dropping."""
     ring = RingMap.create(default_ring_path(origin.run_id, origin.run_dir), s.ring_size)
+    return ring, _ring_writer(s, origin, ring)
+
+
+def _ring_writer(s: Settings, origin: _Origin, ring: RingMap) -> RingWriter:
+    """The producer of ``ring``, which warns once when it starts dropping."""
     writer = RingWriter(ring, s.overflow_size, first_seq=origin.first_seq)
 
     def warn_drop() -> None:
@@ -465,14 +519,14 @@ def _open_ring(s: Settings, origin: _Origin) -> tuple[RingMap, RingWriter]:
 
         with deferred():  # called inside the ring's push: a wrapped print must not push again
             print(
-                f"runstream: warning: the sidecar is not keeping up: the ring ({s.ring_size} bytes) and the "
-                f"overflow ({s.overflow_size} bytes) are full, so records are being dropped; they are "
+                f"runstream: warning: the sidecar is not keeping up: the ring ({ring.capacity} bytes) and "
+                f"the overflow ({s.overflow_size} bytes) are full, so records are being dropped; they are "
                 "counted in summary _runstream/dropped_records and shown by runstream inspect",
                 file=sys.stderr,
             )
 
     writer.on_first_drop = warn_drop
-    return ring, writer
+    return writer
 
 
 def _make_run(s: Settings, origin: _Origin, ring: RingMap, writer: RingWriter, allow_val_change: bool) -> Run:
@@ -487,10 +541,14 @@ def _make_run(s: Settings, origin: _Origin, ring: RingMap, writer: RingWriter, a
 
 
 def _write_first_records(
-    run: Run, origin: _Origin, cfg_dict: dict[str, Any], allow_val_change: bool
+    run: Run,
+    origin: _Origin,
+    cfg_dict: dict[str, Any],
+    allow_val_change: bool,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Publish the RUN record (the metadata, returned) and the CONFIG records, then let config
-    changes publish themselves."""
+    """Publish the RUN record (the metadata, returned; ``extra``: a distributed rank's identity)
+    and the CONFIG records, then let config changes publish themselves."""
     s = run._settings
     meta = {
         "id": origin.run_id,
@@ -512,6 +570,8 @@ def _write_first_records(
     }
     if origin.resumed:
         meta.pop("start_time")  # runtime keeps counting from the first start
+    if extra:
+        meta.update(extra)
     run._emit(rec.KIND_RUN, meta)
     config = run.config
 
@@ -526,10 +586,12 @@ def _write_first_records(
     return meta
 
 
-def _write_run_json(run_dir: Path, meta: dict[str, Any]) -> str:
-    """Write ``run.json`` (who writes this run directory); returns the writer id."""
+def _write_run_json(run_dir: Path, meta: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+    """Write ``run.json`` (who writes this run directory; ``extra``: a distributed rank's
+    identity); returns the writer id."""
     writer_id = _writer_id(run_dir)
     info = {k: meta.get(k) for k in ("id", "name", "project", "entity", "pid", "host", "program", "args")}
+    info.update(extra or {})
     write_json_atomic(run_dir / "run.json", {**info, "writer_id": writer_id, "created": time.time()})
     return writer_id
 
@@ -700,7 +762,9 @@ def finish_run(run: Run, exit_code: int | None) -> None:
             except FileNotFoundError:
                 pass
     rows = run._step
-    msg = f"run {run.name} ({run.id}) {'finished' if code == 0 else f'failed (exit code {code})'}: "
+    who = getattr(run, "_who", None)  # a rank of a distributed run: the line is that rank's
+    msg = f"run {run.name} ({run.id})" + (f" rank {who.rank}/{who.world_size}" if who else "")
+    msg += f" {'finished' if code == 0 else f'failed (exit code {code})'}: "
     msg += f"{rows} steps, {journaled} records journaled in {run.dir}, {lost} lost"
     if media_lost:
         msg += f", {media_lost} media values not stored"
@@ -715,7 +779,7 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         msg += (
             f"; no sidecar could run to journal the last {unjournaled} records (counted as lost"
             + ("" if last_words else ", in this line only: the journal could not be written")
-            + f"; the sidecar exited with code {sidecar_code}, see {Path(run.dir) / 'logs'})"
+            + f"; the sidecar exited with code {sidecar_code}, see {_logs_dir(run)})"
         )
     online = getattr(run, "_online", None)
     unsent = online is not None and acked < written
@@ -728,6 +792,12 @@ def finish_run(run: Run, exit_code: int | None) -> None:
         print(f"runstream: warning: {msg}", file=sys.stderr)  # shown even when silent
     else:
         say(s, msg)
+
+
+def _logs_dir(run: Run) -> Path:
+    """Where the sidecar's logs are: the run directory's, or a rank's node directory's."""
+    base = Path(run.dir)
+    return (base.parent if getattr(run, "_who", None) is not None else base) / "logs"
 
 
 def _finish_figures(w: memoryview, last_seq: int, sidecar_code: int | None) -> tuple[int, int, int]:

@@ -59,7 +59,7 @@ def _default_entity() -> str:
 class Settings:
     """Resolved settings of one run.  Values are checked (and normalised) on construction."""
 
-    mode: str = "online"  # "online" | "offline" | "disabled"
+    mode: str = "online"  # "online" | "offline" | "disabled" | "shared" (W&B's: online, distributed)
     root_dir: Path = field(default_factory=Path.cwd)  # runs go to <root_dir>/runstream/
     project: str = "uncategorized"
     entity: str = field(default_factory=_default_entity)
@@ -89,6 +89,12 @@ class Settings:
     disable_git: bool = False  # no git state or diff (code capture still follows save_code)
     save_code: bool = False  # keep a copy of the entry-point script with the run
     ignore_globs: tuple[str, ...] = ()  # files matching these are never uploaded
+    # W&B's shared-mode settings (docs/distributed.md, "W&B's patterns"): this process's label
+    # (a rank number in it, e.g. "rank_3", names the rank), whether it is the primary (rank 0),
+    # and whether its finish may end the run (here the run ends when every rank has).
+    x_label: str | None = None
+    x_primary: bool | None = None
+    x_update_finish_state: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -231,7 +237,9 @@ def _run_id(value: Any) -> str | None:
 
 
 _CHECKERS: dict[str, Checker] = {
-    "mode": _choice("online", "offline", "disabled", aliases={"dryrun": "offline", "run": "online"}),
+    "mode": _choice(
+        "online", "offline", "disabled", "shared", aliases={"dryrun": "offline", "run": "online"}
+    ),
     "root_dir": _path,
     "project": _text(optional=False, slug=True),
     "entity": _text(optional=False, slug=True),
@@ -267,6 +275,9 @@ _CHECKERS: dict[str, Checker] = {
     "disable_git": _bool,
     "save_code": _bool,
     "ignore_globs": _tags,
+    "x_label": _text(optional=True),
+    "x_primary": lambda v: None if v is None else _bool(v),
+    "x_update_finish_state": _bool,
 }
 
 

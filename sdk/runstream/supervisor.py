@@ -89,7 +89,6 @@ class SidecarSupervisor:
         self._thread: threading.Thread | None = None
 
     def command(self) -> list[str]:
-        s = self.settings
         cmd = [
             sys.executable,
             "-m",
@@ -97,6 +96,18 @@ class SidecarSupervisor:
             "--ring", str(self.ring_path),
             "--run-dir", str(self.run_dir),
             "--producer-pid", str(os.getpid()),
+            *self.pipeline_args(),
+        ]  # fmt: skip
+        # For fault tests and debugging: run the sidecar under a wrapper such as fiu-run or strace.
+        wrapper = os.environ.get("RUNSTREAM_SIDECAR_WRAPPER")
+        return [*shlex.split(wrapper), *cmd] if wrapper else cmd
+
+    def pipeline_args(self) -> list[str]:
+        """The sidecar's arguments after ``--ring``, ``--run-dir`` and ``--producer-pid``: tuning,
+        then ``extra_args`` (server and identity when online, console).  A distributed rank
+        writes them into its ``sidecar.json`` for the node sidecar (docs/distributed.md)."""
+        s = self.settings
+        return [
             "--batch-bytes", str(s.batch_bytes),
             "--batch-age", str(s.batch_age),
             "--fsync", s.fsync,
@@ -113,9 +124,6 @@ class SidecarSupervisor:
             *[arg for g in s.ignore_globs for arg in ("--ignore-glob", g)],
             *self.extra_args,
         ]  # fmt: skip
-        # For fault tests and debugging: run the sidecar under a wrapper such as fiu-run or strace.
-        wrapper = os.environ.get("RUNSTREAM_SIDECAR_WRAPPER")
-        return [*shlex.split(wrapper), *cmd] if wrapper else cmd
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         err = open(self.run_dir / "logs" / "sidecar.stderr", "ab")  # noqa: SIM115 - child owns it

@@ -33,7 +33,8 @@ def test_defaults(tmp_path: Path) -> None:
         False, "auto", False, False, False,
     )  # fmt: skip
     assert s.ignore_globs == ()
-    assert len(Settings.names()) == 30
+    assert (s.x_label, s.x_primary, s.x_update_finish_state) == (None, None, True)  # W&B shared mode
+    assert len(Settings.names()) == 33
 
 
 def test_context_capture_settings_read_runstream_and_wandb_environment(

@@ -347,8 +347,9 @@ def run_ranks(tmp_path: Path, body: str, timeout: float = 120) -> None:
 
 
 def rank_history(tmp_path: Path, rank: int) -> list[dict[str, Any]]:
-    (run_dir,) = (tmp_path / f"r{rank}" / "runstream").glob("run-*")
-    return list(runstream.read_run(run_dir).history)
+    # Both ranks' init made one run (docs/distributed.md): one node directory, a rank-<r>/ each.
+    (node_dir,) = (tmp_path / "runstream").glob("run-*")
+    return list(runstream.read_run(node_dir / f"rank-{rank}").history)
 
 
 @pytest.mark.slow
@@ -363,7 +364,7 @@ def test_ddp_with_log_all_finishes_when_ranks_watch_differently(tmp_path: Path) 
         import runstream
         dist.init_process_group("gloo")
         rank = dist.get_rank()
-        run = runstream.init(project="ddp", mode="offline", dir=f"r{rank}")
+        run = runstream.init(project="ddp", mode="offline", dir=".")
         torch.manual_seed(0)
         model = DDP(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)))
         runstream.watch(model, log="all", log_freq=1 if rank == 0 else 3)
@@ -393,7 +394,7 @@ def test_fsdp_sharded_parameters_are_histogrammed_from_the_local_shard(tmp_path:
         import runstream
         dist.init_process_group("gloo")
         rank = dist.get_rank()
-        run = runstream.init(project="fsdp", mode="offline", dir=f"r{rank}")
+        run = runstream.init(project="fsdp", mode="offline", dir=".")
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
         fully_shard(model[0]); fully_shard(model[2]); fully_shard(model)

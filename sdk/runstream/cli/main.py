@@ -10,7 +10,7 @@ from typing import Any
 
 from runstream.errors import Error
 from runstream.format.fold import flatten, json_safe
-from runstream.read.local import RunData, read_run
+from runstream.read.local import NodeData, RunData, read_node, read_run, resolve_node_dir
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -48,7 +48,37 @@ def print_run(data: RunData) -> None:
         print(f"{label:<10} {text}")
 
 
+def print_node(node: NodeData) -> None:
+    """A distributed run's node directory: the job, then one line per rank."""
+    n = node.node
+    live = "node sidecar running" if node.node_sidecar_running else "no node sidecar"
+    where = f"{n.get('entity')}/{n.get('project')}"
+    print(f"{'run':<10} {n.get('id')}  {where}  (distributed, {n.get('launcher')})")
+    print(f"{'dir':<10} {node.path}")
+    print(
+        f"{'node':<10} {n.get('node')} of {n.get('node_count')} on {n.get('host')}; world size "
+        f"{n.get('world_size')}, {n.get('local_world_size')} local; {len(node.ranks)} rank dirs; {live}"
+    )
+    print(f"{'rank':>10} {'state':<10} {'rows':>8} {'last step':>10} {'lost':>6}  attempt")
+    for r in node.rank_rows():
+        state = r["state"] + (f" ({r['exit_code']})" if r["exit_code"] not in (None, 0) else "")
+        last = "-" if r["last_step"] is None else r["last_step"]
+        print(f"{r['rank']:>10} {state:<10} {r['rows']:>8} {last:>10} {r['lost']:>6}  {r['attempt']}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    node_dir = resolve_node_dir(args.run_dir)
+    if node_dir is not None:  # a distributed run's node directory: its ranks
+        node = read_node(node_dir)
+        if args.history:
+            for rank, rdata in sorted(node.ranks.items()):
+                for row in rdata.history:
+                    print(json.dumps(json_safe({"_rank": rank, **row}), default=str))
+        elif args.json:
+            print(json.dumps(json_safe(node.as_dict()), default=str, indent=2))
+        else:
+            print_node(node)
+        return 0
     data = read_run(args.run_dir)
     if args.history:
         for row in data.history:
@@ -93,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="runstream", description="runstream: experiment tracking")
     sub = p.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="print a run read back from its journal")
-    ins.add_argument("run_dir", help="a run directory, or runstream/latest-run")
+    ins.add_argument(
+        "run_dir", help="a run directory (or a distributed run's node directory), or runstream/latest-run"
+    )
     out = ins.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object (NaN/Infinity as strings)")
     out.add_argument("--history", action="store_true", help="every history row, one JSON object per line")
@@ -118,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     add_as_wandb_parser(sub)
 
     syn = sub.add_parser("sync", help="upload runs (or what of them is not yet acknowledged)")
-    syn.add_argument("run_dirs", nargs="*", help="run directories")
+    syn.add_argument(
+        "run_dirs", nargs="*", help="run directories (a distributed run's node directory: all its ranks)"
+    )
     syn.add_argument("--all", nargs="?", const=".", default=None, metavar="DIR", help="every run under DIR")
     syn.add_argument("--host", default=None, help="server address (default: RUNSTREAM_HOST or login)")
     syn.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")

@@ -45,6 +45,10 @@ W_SIDECAR_LOST = 31
 W_ACKED_SEQ = 32  # byte 256: highest seq the server has acknowledged (online runs)
 W_MEDIA_FREED = 33  # bytes of staged media the sidecar has consumed (encoded and journaled)
 W_MEDIA_FAILED = 34  # media the sidecar could not encode (bad data, a staged file gone)
+# byte 280, distributed runs only (docs/distributed.md): the node sidecar sets it to exit_word(code)
+# once this rank's pipeline is done (code 0: everything drained), as a one-rank sidecar's exit
+# code says it; 0 while the pipeline runs.  finish() on a rank waits for it.
+W_PIPELINE_EXIT = 35
 W_FIRST_SEQ = 17  # byte 136: the seq of the producer's first record (1 unless resumed)
 # byte 144: the exit code finish() gave, as exit_word(code); 0: none.  Set before the close, for the
 # sidecar to write the exit record itself when the producer's could not get into the ring.

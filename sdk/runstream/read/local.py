@@ -148,3 +148,95 @@ def read_run(path: str | os.PathLike[str], pandas: bool = False) -> RunData:
         alerts=state.alerts,
         metrics=state.metrics.public() if state.metrics is not None else {},
     )
+
+
+@dataclass
+class NodeData:
+    """A distributed run's node directory read back: ``node.json`` and one :class:`RunData` per
+    rank directory in it (``runstream inspect NODE_DIR``)."""
+
+    node: dict[str, Any]
+    ranks: dict[int, RunData]
+    path: Path
+    node_sidecar_running: bool
+
+    def rank_rows(self) -> list[dict[str, Any]]:
+        """One summary per rank: state, rows, last step, records lost."""
+        import json
+
+        out = []
+        for rank, data in sorted(self.ranks.items()):
+            last = data.last_row.get("_step") if data.last_row else None
+            try:  # what the rank wrote at init, for a rank whose RUN record never reached the journal
+                started = json.loads((data.path / "run.json").read_text())
+            except (OSError, ValueError):
+                started = {}
+            out.append(
+                {
+                    "rank": rank,
+                    "local_rank": data.run.get("local_rank", started.get("local_rank")),
+                    "state": data.run["state"],
+                    "exit_code": data.run.get("exit_code"),
+                    "rows": data.history_rows,
+                    "last_step": last,
+                    "lost": data.dropped,
+                    "attempt": data.run.get("attempt", started.get("attempt")),
+                    "path": str(data.path),
+                }
+            )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "path": str(self.path),
+            "node_sidecar_running": self.node_sidecar_running,
+            "ranks": self.rank_rows(),
+        }
+
+
+def resolve_node_dir(path: str | os.PathLike[str]) -> Path | None:
+    """The node directory ``path`` means (a node directory, or a ``latest-run`` link, a
+    ``runstream/`` directory or a root whose latest run is one), or None if it means none."""
+    import json
+
+    from runstream.rundir import LATEST_LINK, LATEST_TXT, RUNS_DIRNAME
+
+    p = Path(path).expanduser()
+    candidates = [p]
+    for base in (p, p / RUNS_DIRNAME):
+        candidates.append(base / LATEST_LINK)
+        txt = base / LATEST_TXT
+        if txt.is_file():
+            try:
+                candidates.append(base / txt.read_text(encoding="utf-8").strip())
+            except OSError:
+                pass
+    for c in candidates:
+        node_json = c / "node.json"
+        if node_json.is_file():
+            try:
+                json.loads(node_json.read_text())
+            except (OSError, ValueError):
+                continue
+            return c.resolve()
+    return None
+
+
+def read_node(node_dir: Path) -> NodeData:
+    """Read every rank directory of a node directory (``rank-<r>/``) and its ``node.json``.
+
+    A rank whose pipeline the live node sidecar still runs reads ``"running"``: the node sidecar
+    holds each attached rank directory's ``sidecar.lock``.  Reads every rank's whole journal."""
+    import json
+
+    from runstream.distributed.nodedir import rank_dirs
+    from runstream.distributed.supervisor import node_sidecar_alive
+
+    node_dir = Path(node_dir)
+    try:
+        node = json.loads((node_dir / "node.json").read_text())
+    except (OSError, ValueError):
+        node = {}
+    ranks = {int(d.name.split("-", 1)[1]): read_run(d) for d in rank_dirs(node_dir)}
+    return NodeData(node=node, ranks=ranks, path=node_dir, node_sidecar_running=node_sidecar_alive(node_dir))
