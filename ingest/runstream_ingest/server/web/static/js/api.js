@@ -160,19 +160,26 @@ export const api = {
   patchRun: (e, p, id, changes) => req("PATCH", runBase(e, p, id), { body: changes }),
   deleteRun: (e, p, id) => req("DELETE", runBase(e, p, id)),
   /** The run's history keys in logged order, or null when the server has no such endpoint. */
-  runKeys: (e, p, id) =>
+  runKeys: (e, p, id, rank) =>
     orElse(
-      () => req("GET", `${runBase(e, p, id)}/keys`).then((d) => d.keys),
+      () => req("GET", `${runBase(e, p, id)}/keys`, { query: { rank } }).then((d) => d.keys),
       () => null,
     ),
 
-  /** {key: {exact, x, x_last, min, max, mean, count}} for one run. */
-  async series(e, p, id, { keys, buckets, xAxis = "_step", min, max }) {
+  /** {key: {exact, x, x_last, min, max, mean, count}} for one run (a distributed run: of `rank`,
+   * default rank 0). */
+  async series(e, p, id, { keys, buckets, xAxis = "_step", min, max, rank }) {
     const d = await req("GET", `${runBase(e, p, id)}/series`, {
-      query: { keys: keys.join(","), buckets, x_axis: xAxis, min, max },
+      query: { keys: keys.join(","), buckets, x_axis: xAxis, min, max, rank },
     });
     return d.series;
   },
+  /** A distributed run's series across its ranks, the answer as it comes: `ranks` is "all"
+   * (every rank's series, each with its "rank") or "band" (mean, min and max across ranks). */
+  rankSeries: (e, p, id, { keys, buckets, xAxis = "_step", min, max, ranks }) =>
+    req("GET", `${runBase(e, p, id)}/series`, {
+      query: { keys: keys.join(","), buckets, x_axis: xAxis, min, max, ranks },
+    }),
   /** {run_id: {key: series}} for several runs, in one request where the server can. */
   multiSeries(e, p, ids, opts) {
     return orElse(
@@ -190,12 +197,15 @@ export const api = {
     );
   },
 
-  /** [{id, seq, time, stream, line}] after the line `afterId`. */
-  console: (e, p, id, afterId = 0, limit = 1000) =>
-    req("GET", `${runBase(e, p, id)}/console`, { query: { after_id: afterId, limit } }).then((d) => d.lines),
-  system: (e, p, id, { keys, minTime, maxTime } = {}) =>
+  /** [{id, seq, time, stream, line}] after the line `afterId` (a distributed run: of `rank`, or
+   * with rank "all" every rank's lines, each with its "rank"). */
+  console: (e, p, id, afterId = 0, limit = 1000, rank) =>
+    req("GET", `${runBase(e, p, id)}/console`, { query: { after_id: afterId, limit, rank } }).then((d) => d.lines),
+  /** System-metric samples; a distributed run: node `node`'s (default rank 0's node), or with
+   * `rank` that rank's process stats. */
+  system: (e, p, id, { keys, minTime, maxTime, node, rank } = {}) =>
     req("GET", `${runBase(e, p, id)}/system`, {
-      query: { keys: keys && keys.join(","), min_time: minTime, max_time: maxTime },
+      query: { keys: keys && keys.join(","), min_time: minTime, max_time: maxTime, node, rank },
     }).then((d) => d.samples),
   files: (e, p, id) => req("GET", `${runBase(e, p, id)}/files`).then((d) => d.files),
   /** {alerts, total}: a run's alerts, newest first, with their delivery state. */

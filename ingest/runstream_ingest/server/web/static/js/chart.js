@@ -27,7 +27,8 @@ function alpha(hex, a) {
 }
 
 export class Panel {
-  /** opts: {key, xAxis, logY, smoothing, onZoom, xRange: [lo, hi] | null} */
+  /** opts: {key, xAxis, logY, smoothing, onZoom, xRange: [lo, hi] | null, bands: false to draw
+   * the lines alone (every rank of a run overlaid)} */
   constructor(opts) {
     this.opts = opts;
     this.w = opts.smoothing || 0;
@@ -105,17 +106,18 @@ export class Panel {
     const series = [{ label: this.opts.xAxis }];
     const bands = [];
     const smoothed = this.w > 0;
+    const band = this.opts.bands !== false;
     this.runs.forEach((r, i) => {
       const base = 1 + i * PER_RUN;
       series.push(
         // The band's edges get a faint line of their own: a one-bucket spike is thinner than a
         // pixel of fill, but its edge still draws all the way up.
-        { label: `${r.label} min`, stroke: alpha(r.color, 0.35), width: 1, points: { show: false } },
-        { label: `${r.label} max`, stroke: alpha(r.color, 0.35), width: 1, points: { show: false } },
+        { label: `${r.label} min`, stroke: alpha(r.color, band ? 0.35 : 0), width: 1, points: { show: false } },
+        { label: `${r.label} max`, stroke: alpha(r.color, band ? 0.35 : 0), width: 1, points: { show: false } },
         { label: `${r.label} raw`, stroke: alpha(r.color, smoothed ? 0.3 : 0), width: 1, points: { show: false } },
         { label: r.label, stroke: r.color, width: 1.5, points: { show: false } },
       );
-      bands.push({ series: [base + 1, base], fill: alpha(r.color, 0.18) });
+      if (band) bands.push({ series: [base + 1, base], fill: alpha(r.color, 0.18) });
     });
     const axis = { stroke: muted, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
     const opts = {

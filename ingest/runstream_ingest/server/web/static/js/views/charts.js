@@ -1,6 +1,8 @@
 // The charts of one run or of several overlaid (compare): a panel per metric, sectioned by key
 // prefix (train/loss and train/acc under "train"), with the settings every panel shares in the URL:
-// ?x=_step|_runtime|_timestamp&logy=1&smooth=0.6&zoom=lo,hi.
+// ?x=_step|_runtime|_timestamp&logy=1&smooth=0.6&zoom=lo,hi; a distributed run's page adds
+// &rank=N|all|band: one rank (rank 0 by default), every rank overlaid, or the mean across ranks
+// with their min..max as the band (ranks.js).
 //
 // Each section fetches its keys' buckets when it is first opened (one request for all its keys
 // and runs); zooming refetches buckets for the zoomed range, so detail appears instead of
@@ -12,6 +14,7 @@ import { h } from "../dom.js";
 import { Panel } from "../chart.js";
 import * as url from "../url.js";
 import { againstStepMetric, isHidden, stepMetricOf } from "../metrics.js";
+import { parseRank, rankColor, rankSelect, seriesByRank } from "../ranks.js";
 
 const X_AXES = [
   ["_step", "step"],
@@ -44,8 +47,9 @@ async function chartKeys(entity, project, run) {
   return keys.filter((key) => !key.startsWith("_") && !isHidden(run, key) && !(summary[key] && typeof summary[key] === "object" && typeof summary[key]._type === "string"));
 }
 
-/** runs: [{id, label, color}]; keys: metric keys in display order.  Returns {el, refresh(ids, run), destroy()}. */
-export function chartsView(entity, project, runs, initialKeys) {
+/** runs: [{id, label, color}]; keys: metric keys in display order; dist: the run JSON of a
+ * distributed run (its page shows one run), else null.  Returns {el, refresh(ids, run), destroy()}. */
+export function chartsView(entity, project, runs, initialKeys, dist = null) {
   const keys = [...initialKeys];
   const known = new Set(keys); // summary keys already looked for among the runs' history keys
   const p = url.params();
@@ -56,6 +60,7 @@ export function chartsView(entity, project, runs, initialKeys) {
     zoom: p.zoom ? p.zoom.split(",").map(Number) : null,
     // no x axis in the URL: a metric with a define_metric step_metric is drawn against it
     explicitX: X_AXES.some(([v]) => v === p.x),
+    rank: dist ? parseRank(p.rank, { all: true, band: true, run: dist }) : null,
   };
   if (st.zoom && (st.zoom.length !== 2 || !st.zoom.every(Number.isFinite))) st.zoom = null;
   const sections = [];
@@ -75,6 +80,9 @@ export function chartsView(entity, project, runs, initialKeys) {
   });
   const resetZoom = h("button", { type: "button", dataset: { testid: "reset-zoom" }, onclick: () => zoomTo(null) }, "Reset zoom");
   const legend = h("div", { class: "legend", dataset: { testid: "legend" } });
+  const rankSel = dist
+    ? rankSelect(dist, { value: st.rank, all: true, band: true, testid: "chart-rank", onChange: (v) => ((st.rank = v), save(), drawLegend(), rebuild()) })
+    : null;
   const body = h("div", { class: "sections" });
   const el = h(
     "div",
@@ -82,18 +90,19 @@ export function chartsView(entity, project, runs, initialKeys) {
     h(
       "div",
       { class: "toolbar", style: { marginBottom: "8px" } },
+      rankSel ? h("label", {}, "ranks", rankSel) : null,
       h("label", {}, "x axis", xSel),
       h("label", {}, logBox, "log y"),
       h("label", {}, "smoothing", slider, smoothVal),
       resetZoom,
       h("span", { class: "muted" }, "drag across a chart to zoom, double-click to zoom out"),
     ),
-    runs.length > 1 ? legend : null,
+    runs.length > 1 || dist ? legend : null,
     body,
   );
 
   function save() {
-    url.set({ x: st.x === "_step" ? null : st.x, logy: st.logY, smooth: st.smooth ? st.smooth : null, zoom: st.zoom ? st.zoom.join(",") : null });
+    url.set({ x: st.x === "_step" ? null : st.x, logy: st.logY, smooth: st.smooth ? st.smooth : null, zoom: st.zoom ? st.zoom.join(",") : null, rank: st.rank || null });
     resetZoom.hidden = !st.zoom;
   }
 
@@ -114,6 +123,7 @@ export function chartsView(entity, project, runs, initialKeys) {
     const gen = (s.gen = (s.gen || 0) + 1);
     let data;
     try {
+      if (dist) return await loadRanks(s, opts, gen);
       data = runs.length === 1 ? { [runs[0].id]: await api.series(entity, project, runs[0].id, opts) } : await api.multiSeries(entity, project, runs.map((r) => r.id), opts);
     } catch (e) {
       s.status.textContent = `could not load: ${e.message}`;
@@ -126,12 +136,42 @@ export function chartsView(entity, project, runs, initialKeys) {
     for (const pn of s.panels) pn.setRuns(runs.map((r) => ({ ...r, s: seriesOf(pn, data[r.id]) })));
   }
 
+  /** A distributed run's section: the chosen rank, every rank (a line each) or the band. */
+  async function loadRanks(s, opts, gen) {
+    const run = runs[0];
+    let lines; // key -> [{rank, s}]
+    if (st.rank === "all") {
+      lines = seriesByRank(await api.rankSeries(entity, project, run.id, { ...opts, ranks: "all" }));
+    } else {
+      const band = st.rank === "band";
+      const d = band ? (await api.rankSeries(entity, project, run.id, { ...opts, ranks: "band" })).series : await api.series(entity, project, run.id, { ...opts, rank: st.rank });
+      lines = Object.fromEntries(Object.entries(d || {}).map(([k, v]) => [k, [{ rank: band ? null : st.rank, s: v }]]));
+    }
+    if (gen !== s.gen) return;
+    s.status.textContent = "";
+    for (const pn of s.panels) {
+      const steps = pn.opts.stepMetric ? new Map((lines[pn.opts.stepMetric] || []).map((l) => [l.rank, l.s])) : null;
+      const label = (rank) => (rank == null ? "mean across ranks" : `rank ${rank}`);
+      pn.setRuns(
+        (lines[pn.opts.key] || []).map((l) => ({
+          id: `${run.id}/${l.rank ?? "band"}`,
+          label: label(l.rank),
+          color: rankColor(l.rank ?? 0),
+          rank: l.rank,
+          s: steps ? againstStepMetric(l.s, steps.get(l.rank)) : l.s,
+        })),
+      );
+    }
+  }
+
   function newPanel(k) {
     // drawn against its step metric (metrics.js): no drag-zoom there, as zoom ranges are in steps
     const sm = st.explicitX ? null : stepMetricOf(runs.map((r) => r.json).filter(Boolean), k);
     const pn = sm
       ? new Panel({ key: k, xAxis: sm, stepMetric: sm, logY: st.logY, smoothing: st.smooth, xRange: null })
       : new Panel({ key: k, xAxis: st.x, logY: st.logY, smoothing: st.smooth, xRange: st.zoom, onZoom: zoomTo });
+    // every rank overlaid: a line each, without each rank's own bucket band (many bands are mud)
+    if (st.rank === "all") pn.opts.bands = false;
     pn.el.dataset.xAxis = sm || st.x;
     return pn;
   }
@@ -202,7 +242,15 @@ export function chartsView(entity, project, runs, initialKeys) {
     addKeys(lists.flat());
   }
 
-  legend.replaceChildren(...runs.map((r) => h("span", {}, h("span", { class: "swatch", style: { background: r.color } }), r.label)));
+  function drawLegend() {
+    const item = (c, label, rank) => h("span", { dataset: rank == null ? {} : { rank: String(rank) } }, h("span", { class: "swatch", style: { background: c } }), label);
+    if (!dist) legend.replaceChildren(...runs.map((r) => item(r.color, r.label)));
+    else if (st.rank === "all") legend.replaceChildren(...Array.from({ length: dist.world_size }, (_, r) => item(rankColor(r), `rank ${r}`, r)));
+    else if (st.rank === "band") legend.replaceChildren(item(rankColor(0), "mean across ranks; band: min–max across ranks"));
+    else legend.replaceChildren(item(rankColor(st.rank), `rank ${st.rank}`, st.rank));
+  }
+
+  drawLegend();
   save();
   rebuild();
   return {

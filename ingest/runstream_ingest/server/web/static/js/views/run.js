@@ -10,6 +10,8 @@ import { isHidden } from "../metrics.js";
 import { isMedia, mediaKeys, mediaView } from "./media.js";
 import { alertsList } from "./alerts.js";
 import { consoleTab, filesTab, systemTab } from "./runtabs.js";
+import { isDistributed, jobFacts, rankCards } from "../ranks.js";
+import { nodeSystemTab } from "./nodes.js";
 
 const TABS = [
   ["overview", "Overview"],
@@ -40,6 +42,7 @@ export function mount(root, route) {
       h("h1", { dataset: { testid: "run-name" } }, run.name || run.id),
       h("span", { class: `state ${run.state}`, dataset: { testid: "run-state" } }, run.state),
       h("span", { class: "muted mono" }, run.id),
+      jobFacts(run), // a distributed run: world size, nodes, ranks' states, who failed first
     );
 
   async function start() {
@@ -51,15 +54,17 @@ export function mount(root, route) {
     }
     drawHead();
     if (tab === "overview") child = overview(entity, project, run, (r) => ((run = r), drawHead()));
-    else if (tab === "charts") child = chartsAndMedia(entity, project, [{ id, label: run.name || id, color: color(0), json: run }], await chartKeys(entity, project, run));
-    else if (tab === "system") child = systemTab(entity, project, run);
+    else if (tab === "charts") child = chartsAndMedia(entity, project, [{ id, label: run.name || id, color: color(0), json: run }], await chartKeys(entity, project, run), isDistributed(run) ? run : null);
+    else if (tab === "system") child = (isDistributed(run) ? nodeSystemTab : systemTab)(entity, project, run);
     else if (tab === "console") child = consoleTab(entity, project, run);
     else if (tab === "alerts") child = alertsList(entity, project, id);
     else child = filesTab(entity, project, run);
     content.replaceChildren(child.el);
     stop = watch(entity, project, [id], async (changed) => {
       if (changed ? !changed.has(id) : run.state !== "running") return;
-      const next = changed ? changed.get(id) : await api.run(entity, project, id).catch(() => run);
+      let next = changed ? changed.get(id) : await api.run(entity, project, id).catch(() => run);
+      // A live event carries the runs-list JSON; a distributed run's ranks are in the run's own.
+      if (next && isDistributed(next) && !next.ranks) next = await api.run(entity, project, id).catch(() => next);
       if (!next) {
         content.replaceChildren(h("p", { class: "muted" }, "This run was deleted."));
         return;
@@ -87,11 +92,12 @@ export async function chartKeys(entity, project, run) {
 }
 
 /** The charts tab (and compare): metric charts, then the media panels of the same runs.
- * runs: [{id, label, color, json}].  A media key a live run logs later rebuilds the media part. */
-export function chartsAndMedia(entity, project, runs, keys) {
+ * runs: [{id, label, color, json}]; dist: a distributed run's JSON (its charts choose ranks).
+ * A media key a live run logs later rebuilds the media part. */
+export function chartsAndMedia(entity, project, runs, keys, dist = null) {
   const media = () => mediaView(entity, project, runs.map((r) => ({ ...r })));
   let m = media();
-  const charts = keys.length || m.empty ? chartsView(entity, project, runs, keys) : null;
+  const charts = keys.length || m.empty ? chartsView(entity, project, runs, keys, dist) : null;
   const el = h("div", { class: "charts-media" }, charts ? charts.el : null, m.el);
   return {
     el,
@@ -170,7 +176,8 @@ function overview(entity, project, run, onSaved) {
     const meta = run.meta || {};
     const command = [run.program, ...(meta.args || [])].filter(Boolean).join(" ") || "—";
     const info = [
-      ["state", h("span", { class: `state ${run.state}` }, run.state + (run.exit_code != null ? ` (exit ${run.exit_code})` : ""))],
+      // a distributed run's state is the job's, its exit code rank 0's: the ranks card has each
+      ["state", h("span", { class: `state ${run.state}` }, run.state + (isDistributed(run) ? " (the job: all ranks)" : run.exit_code != null ? ` (exit ${run.exit_code})` : ""))],
       ["created", fmtTime(run.created_at)],
       ["finished", run.finished_at ? fmtTime(run.finished_at) : "—"],
       ["runtime", fmtDuration(runtime(run))],
@@ -212,7 +219,8 @@ function overview(entity, project, run, onSaved) {
         "div",
         { style: { display: "flex", flexDirection: "column", gap: "12px" } },
         h("div", { class: "card pad" }, h("h2", {}, "Config"), kvTable(run.config, "config")),
-        h("div", { class: "card pad" }, h("h2", {}, "Summary"), kvTable(run.summary, "summary")),
+        h("div", { class: "card pad" }, h("h2", {}, isDistributed(run) ? "Summary (rank 0)" : "Summary"), kvTable(run.summary, "summary")),
+        ...rankCards(run), // a distributed run: its ranks and the summary across them
       ),
     );
   }

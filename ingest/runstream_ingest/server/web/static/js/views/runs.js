@@ -19,6 +19,9 @@ const BASE = [
   { id: "created_at", title: "created", width: 160, sort: "created_at" },
   { id: "runtime", title: "runtime", width: 90, sort: "summary._runtime" },
   { id: "tags", title: "tags", width: 170, sort: null },
+  // distributed runs (docs/distributed.md): blank for a single-process run
+  { id: "world_size", title: "world size", width: 100, sort: "world_size" },
+  { id: "node_count", title: "nodes", width: 70, sort: "node_count" },
 ];
 
 export function mount(root, route) {
@@ -162,6 +165,9 @@ export function mount(root, route) {
         return fmtDuration(fieldValue(run, "runtime"));
       case "tags":
         return (run.tags || []).map((t) => h("span", { class: "chip" }, t));
+      case "world_size":
+      case "node_count":
+        return h("span", { class: "num" }, run.world_size > 1 && run[col.id] != null ? String(run[col.id]) : "");
       default: {
         const v = fieldValue(run, col.id);
         const el = h("span", {}, fmtValue(v));

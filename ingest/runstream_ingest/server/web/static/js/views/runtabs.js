@@ -4,6 +4,8 @@
 import { api } from "../api.js";
 import { color, fmtNum, fmtTime, h } from "../dom.js";
 import { Panel } from "../chart.js";
+import * as url from "../url.js";
+import { isDistributed, parseRank, rankSelect } from "../ranks.js";
 
 const LINE_H = 18;
 const MAX_LINES = 200_000; // a console longer than this shows its first lines and says so
@@ -24,7 +26,7 @@ const SYSTEM_SECTIONS = [
   ["process", "Process", (k) => k.startsWith("proc.")],
 ];
 
-function systemSections(keys) {
+export function systemSections(keys) {
   const out = new Map();
   const add = (id, name, k) => {
     if (!out.has(id)) out.set(id, { name, keys: [] });
@@ -98,16 +100,38 @@ export function systemTab(entity, project, run) {
 }
 
 // --- console: a virtual list of lines with a search box --------------------------------------------
+// A distributed run's console shows one rank's lines (?rank=N, rank 0 by default) or every
+// rank's (?rank=all), each line then labelled with its rank.
 export function consoleTab(entity, project, run) {
-  const lines = [];
+  let lines = [];
   let shown = lines;
   let lastId = 0;
   let truncated = false;
+  let gen = 0; // a new rank choice drops the answers of pages asked for before it
+  const dist = isDistributed(run);
+  let rank = dist ? parseRank(url.params().rank, { all: true, run }) : undefined;
   const search = h("input", { type: "search", placeholder: "Search the output", dataset: { testid: "console-search" }, "aria-label": "search the console" });
   const count = h("span", { class: "muted", dataset: { testid: "console-count" } });
   const inner = h("div", { style: { position: "relative" } });
   const view = h("div", { class: "console card mono", dataset: { testid: "console" } }, inner);
-  const el = h("div", {}, h("div", { class: "toolbar", style: { marginBottom: "8px" } }, search, count), view);
+  const rankSel = dist
+    ? rankSelect(run, {
+        value: rank,
+        all: true,
+        testid: "console-rank",
+        onChange: (v) => {
+          rank = v;
+          url.set({ rank: v || null });
+          gen += 1;
+          lines = [];
+          lastId = 0;
+          truncated = false;
+          view.scrollTop = 0;
+          more();
+        },
+      })
+    : null;
+  const el = h("div", {}, h("div", { class: "toolbar", style: { marginBottom: "8px" } }, rankSel ? h("label", {}, "ranks", rankSel) : null, search, count), view);
   let frame = null;
   const draw = () => {
     frame = null;
@@ -124,7 +148,9 @@ export function consoleTab(entity, project, run) {
       // stderr: red text (the class) and a bar in the gutter, so it does not rest on colour alone
       const err = l.stream === "stderr";
       const style = err ? { top: `${i * LINE_H}px`, boxShadow: "inset 3px 0 0 var(--bad)" } : { top: `${i * LINE_H}px` };
-      els.push(h("div", { class: `line ${l.stream || ""}`, style, dataset: { stream: l.stream || "" }, title: `${l.stream || ""} ${fmtTime(l.time)}` }, ...body));
+      const label = rank === "all" && l.rank != null ? h("span", { class: "rank-label", dataset: { testid: "line-rank" } }, `[${l.rank}] `) : null;
+      const data = l.rank != null ? { stream: l.stream || "", rank: String(l.rank) } : { stream: l.stream || "" };
+      els.push(h("div", { class: `line ${l.stream || ""}`, style, dataset: data, title: `${l.rank != null ? `rank ${l.rank} ` : ""}${l.stream || ""} ${fmtTime(l.time)}` }, label, ...body));
     }
     inner.replaceChildren(...els);
   };
@@ -138,16 +164,23 @@ export function consoleTab(entity, project, run) {
   search.addEventListener("input", filter);
   view.addEventListener("scroll", schedule);
   const more = async () => {
+    const mine = gen;
     try {
       for (;;) {
-        const page = await api.console(entity, project, run.id, lastId, 1000);
+        const page = await api.console(entity, project, run.id, lastId, 1000, rank);
+        if (mine !== gen) return;
         lines.push(...page);
-        if (page.length) lastId = page[page.length - 1].id;
+        // every rank's lines come in time order within a page, and pages go on from the
+        // highest line id seen (the API's next_after_id)
+        for (const l of page) lastId = Math.max(lastId, l.id);
+        if (rank === "all" && page.length) lines.sort((a, b) => a.time - b.time || a.id - b.id);
         if (lines.length >= MAX_LINES) truncated = true;
         if (page.length < 1000 || truncated) break;
       }
     } catch (e) {
-      el.replaceChildren(none("console output", e));
+      if (mine !== gen) return;
+      if (dist) view.replaceChildren(none("console output", e)); // keep the rank chooser
+      else el.replaceChildren(none("console output", e));
       return;
     }
     if (!lines.length) view.replaceChildren(none("console output"));
