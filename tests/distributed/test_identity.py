@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,8 +175,12 @@ def test_derived_run_id_is_stable_valid_and_per_job() -> None:
 
 
 def test_agreeing_on_the_run_id_without_torch() -> None:
-    assert agree_run_id(who(rank=1, job_key="k"), "given", "e", "p") == ("given", "explicit")
-    assert agree_run_id(who(rank=1, job_key="k"), None, "e", "p") == (derived_run_id("e", "p", "k"), "job")
+    k = f"k-{os.getpid()}-{time.monotonic_ns()}"  # a job key no other test of this process used
+    assert agree_run_id(who(rank=1, job_key=k), "given", "e", "p") == ("given", "explicit")
+    assert agree_run_id(who(rank=1, job_key=k), None, "e", "p") == (derived_run_id("e", "p", k), "job")
+    # A second run in the same process of the job (reinit, a sweep in one launch) is a new run,
+    # the same on every rank: each counts its runs of the job alike.
+    assert agree_run_id(who(rank=1, job_key=k), None, "e", "p") == (derived_run_id("e", "p", f"{k}#1"), "job")
     rid, how = agree_run_id(who(rank=0), None, "e", "p")
     assert how == "random" and is_valid_run_id(rid)
     with pytest.raises(UsageError) as err:

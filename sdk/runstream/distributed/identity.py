@@ -284,14 +284,19 @@ def derived_run_id(entity: str, project: str, job_key: str) -> str:
     return "".join(out)
 
 
+_job_runs: dict[str, int] = {}  # runs this process started per job key (agree_run_id)
+
+
 def agree_run_id(who: Who, explicit: str | None, entity: str, project: str) -> tuple[str, str]:
     """The run id of this job, and how it was found (``"explicit"``, ``"job"``,
     ``"torch.distributed"`` or ``"random"``).
 
     An explicit id (``init(id=)``, ``RUNSTREAM_RUN_ID``, ``WANDB_RUN_ID``) wins; else the job
-    key's :func:`derived_run_id`; else, when the script imported torch and initialised
-    ``torch.distributed`` before ``init``, rank 0 makes a random id and broadcasts it (one
-    collective: every rank must call ``init``); else rank 0 makes one and the others fail.
+    key's :func:`derived_run_id` (the process's second run of the job, after ``finish`` or with
+    ``reinit``, derives from ``"<job key>#1"``, and so on); else, when the script imported
+    torch and initialised ``torch.distributed`` before ``init``, rank 0 makes a random id and
+    broadcasts it (one collective: every rank must call ``init``); else rank 0 makes one and the
+    others fail.
 
     Raises:
         UsageError: on a rank other than 0 when there is no way to agree; names the variables
@@ -303,7 +308,12 @@ def agree_run_id(who: Who, explicit: str | None, entity: str, project: str) -> t
     if explicit:
         return explicit, "explicit"
     if who.job_key is not None:
-        return derived_run_id(entity, project, who.job_key), "job"
+        # The n-th run a process of the job starts (reinit, a sweep inside one launch) is the
+        # job's n-th run: every rank counts its inits alike, so the ranks still agree.
+        n = _job_runs.get(who.job_key, 0)
+        _job_runs[who.job_key] = n + 1
+        key = who.job_key if n == 0 else f"{who.job_key}#{n}"
+        return derived_run_id(entity, project, key), "job"
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         box: list[object] = [new_run_id() if dist.get_rank() == 0 else None]
