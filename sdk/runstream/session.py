@@ -270,7 +270,7 @@ def init(
     Distributed jobs: under torchrun, SLURM, DeepSpeed, MPI or Ray (or ``RUNSTREAM_RANK`` and
     ``RUNSTREAM_WORLD_SIZE``), with a world size above 1, every rank's ``init`` joins the job's
     one run: the run id is agreed without waiting on other ranks (explicit id, else derived from
-    the launcher's job id, else broadcast over an initialised ``torch.distributed``), the rank
+    the launcher's job id, else rank 0's, through an initialised ``torch.distributed``), the rank
     writes ``rank-<r>/`` inside its node's directory, and one node sidecar per node journals every
     rank.  Such an ``init`` never asks the server; a rank other than 0 that cannot learn the run
     id raises ``UsageError`` naming ``RUNSTREAM_RUN_ID`` and ``RUNSTREAM_JOB_ID``

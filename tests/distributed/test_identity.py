@@ -239,3 +239,35 @@ def test_torch_distributed_broadcast_agrees_on_one_run(tmp_path: Path) -> None:
     assert [n.rsplit("-", 1)[-1] for n in node_dirs] == ["node0", "node1"]
     assert all(f"-{seen[0]['id']}-node" in n for n in node_dirs)
     assert Path(seen[1]["dir"]).name == "rank-1" and Path(seen[1]["dir"]).parent.name.endswith("-node1")
+
+
+RANK0_ONLY = r"""
+import json, os, sys
+import torch.distributed as dist
+dist.init_process_group("gloo", init_method="env://")
+if dist.get_rank() == 0:  # W&B's "log from rank 0 only"
+    import runstream
+    run = runstream.init(project="r0", mode="offline", dir=sys.argv[1], settings={"silent": True})
+    run.log({"x": 1})
+    run.finish()
+    print(json.dumps({"id": run.id}))
+dist.barrier()  # rank 1 is here all along: rank 0's init must not wait for it
+dist.destroy_process_group()
+"""
+
+
+def test_rank_0_alone_calling_init_over_torch_distributed_does_not_hang(tmp_path: Path) -> None:
+    """No job id, torch.distributed up, and only rank 0 calls init (W&B's usual DDP pattern):
+    rank 0 names the run through the store without any collective, so the job finishes."""
+    port = str(_free_port())
+    procs = [
+        spawn(
+            RANK0_ONLY,
+            {**torchrun_env(r, 2, 1, node=r), "MASTER_PORT": port, "TORCHELASTIC_RUN_ID": "none"},
+            str(tmp_path),
+        )
+        for r in range(2)
+    ]
+    results = finish_all(procs, timeout=120)
+    assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    assert re.fullmatch(r"[a-z0-9]{8}", json.loads(results[0][1].strip().splitlines()[-1])["id"])

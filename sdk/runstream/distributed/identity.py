@@ -8,7 +8,8 @@ single-process path.
 
 ``agree_run_id`` settles the run id without any rank waiting on another: an explicit id, else
 one derived from the job key (identical on every rank, and across restarts of the job), else one
-broadcast by rank 0 over ``torch.distributed`` when the user's script has already initialised it,
+published by rank 0 in ``torch.distributed``'s store when the user's script has already
+initialised it (only the other ranks wait for it),
 else rank 0 makes one up and every other rank fails with a message naming what to set.
 """
 
@@ -285,6 +286,48 @@ def derived_run_id(entity: str, project: str, job_key: str) -> str:
 
 
 _job_runs: dict[str, int] = {}  # runs this process started per job key (agree_run_id)
+_store_runs = 0  # runs this process agreed through torch.distributed's store
+# How long a rank other than 0 waits in ``init`` for rank 0 to publish the run id in the store.
+STORE_WAIT = 300.0
+
+
+def _agree_through_torch() -> str | None:
+    """The run id, through the key-value store of an initialised ``torch.distributed`` (None:
+    torch is not imported, or no process group is up).
+
+    Not a collective: rank 0 makes the id and ``set``s it without waiting for anyone, so the
+    common W&B pattern ``if rank == 0: wandb.init()`` can never hang; the other ranks wait for
+    the key (up to ``STORE_WAIT``).  The key counts this process's runs, as every rank counts
+    alike.
+
+    Raises:
+        UsageError: a rank other than 0 did not see rank 0's id within ``STORE_WAIT``."""
+    global _store_runs
+    dist = sys.modules.get("torch.distributed")
+    c10d = sys.modules.get("torch.distributed.distributed_c10d")
+    if dist is None or c10d is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    try:
+        store = c10d._get_default_store()
+    except Exception:  # a torch without it, or a process group without a store
+        return None
+    key = f"runstream/run_id/{_store_runs}"
+    _store_runs += 1
+    if dist.get_rank() == 0:
+        run_id = new_run_id()
+        store.set(key, run_id)
+        return run_id
+    from datetime import timedelta
+
+    try:
+        store.wait([key], timedelta(seconds=STORE_WAIT))
+    except Exception as e:  # torch raises its own DistStoreError (a RuntimeError) on timeout
+        raise UsageError(
+            f"rank {dist.get_rank()} waited {STORE_WAIT:.0f}s in init for rank 0 to name the run "
+            f"through torch.distributed ({e}): call init on rank 0 too, or set RUNSTREAM_RUN_ID "
+            "(the same on every rank) or RUNSTREAM_JOB_ID"
+        ) from None
+    return bytes(store.get(key)).decode()
 
 
 def agree_run_id(who: Who, explicit: str | None, entity: str, project: str) -> tuple[str, str]:
@@ -295,14 +338,15 @@ def agree_run_id(who: Who, explicit: str | None, entity: str, project: str) -> t
     key's :func:`derived_run_id` (the process's second run of the job, after ``finish`` or with
     ``reinit``, derives from ``"<job key>#1"``, and so on); else, when the script imported
     torch and initialised ``torch.distributed`` before ``init``, rank 0 makes a random id and
-    broadcasts it (one collective: every rank must call ``init``); else rank 0 makes one and the
-    others fail.
+    publishes it in the process group's store (no collective: rank 0 never waits, so rank 0
+    alone may call ``init``); else rank 0 makes one and the others fail.
 
     Raises:
         UsageError: on a rank other than 0 when there is no way to agree; names the variables
             that fix it.
 
-    Blocking: only the ``torch.distributed`` broadcast waits, for rank 0 to reach ``init``.
+    Blocking: only ranks other than 0 on the ``torch.distributed`` path wait, for rank 0 to
+    reach ``init`` (up to ``STORE_WAIT``).
     Never imports torch.
     """
     if explicit:
@@ -314,12 +358,9 @@ def agree_run_id(who: Who, explicit: str | None, entity: str, project: str) -> t
         _job_runs[who.job_key] = n + 1
         key = who.job_key if n == 0 else f"{who.job_key}#{n}"
         return derived_run_id(entity, project, key), "job"
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        box: list[object] = [new_run_id() if dist.get_rank() == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        if isinstance(box[0], str):
-            return box[0], "torch.distributed"
+    agreed = _agree_through_torch()
+    if agreed is not None:
+        return agreed, "torch.distributed"
     if who.rank == 0:
         return new_run_id(), "random"
     raise UsageError(

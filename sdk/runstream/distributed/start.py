@@ -3,7 +3,8 @@
 The steps mirror ``runstream.session._start``: agree the run id, find or create the node
 directory, make (or resume) ``rank-<r>/``, create the ring, write the first records, ``run.json``
 and then ``sidecar.json``, and make sure a node sidecar runs.  Nothing here waits for another
-rank (beyond the optional ``torch.distributed`` broadcast of the run id) or for the server.
+rank (beyond a rank other than 0 reading the run id from ``torch.distributed``'s store) or for
+the server.
 """
 
 from __future__ import annotations
