@@ -219,12 +219,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_torch_distributed_broadcast_agrees_on_one_run(tmp_path: Path) -> None:
-    """Two ranks on two "nodes" with no job id: the run id comes from rank 0 over gloo."""
+def two_ranks_without_job_id(script: str, tmp_path: Path) -> list[tuple[int, str, str]]:
+    """``script`` as ranks 0 and 1 of a torchrun job on two "nodes" with no job id (static
+    rendezvous), torch.distributed over gloo on a free port; both must exit 0."""
     port = str(_free_port())
     procs = [
         spawn(
-            BROADCAST,
+            script,
             {**torchrun_env(r, 2, 1, node=r), "MASTER_PORT": port, "TORCHELASTIC_RUN_ID": "none"},
             str(tmp_path),
         )
@@ -232,6 +233,12 @@ def test_torch_distributed_broadcast_agrees_on_one_run(tmp_path: Path) -> None:
     ]
     results = finish_all(procs, timeout=120)
     assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    return results
+
+
+def test_torch_distributed_store_agrees_on_one_run(tmp_path: Path) -> None:
+    """Two ranks on two "nodes" with no job id: the run id comes from rank 0 through gloo's store."""
+    results = two_ranks_without_job_id(BROADCAST, tmp_path)
     seen = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
     assert seen[0]["id"] == seen[1]["id"]
     assert [s["how"] for s in seen] == ["torch.distributed", "torch.distributed"]
@@ -259,15 +266,5 @@ dist.destroy_process_group()
 def test_rank_0_alone_calling_init_over_torch_distributed_does_not_hang(tmp_path: Path) -> None:
     """No job id, torch.distributed up, and only rank 0 calls init (W&B's usual DDP pattern):
     rank 0 names the run through the store without any collective, so the job finishes."""
-    port = str(_free_port())
-    procs = [
-        spawn(
-            RANK0_ONLY,
-            {**torchrun_env(r, 2, 1, node=r), "MASTER_PORT": port, "TORCHELASTIC_RUN_ID": "none"},
-            str(tmp_path),
-        )
-        for r in range(2)
-    ]
-    results = finish_all(procs, timeout=120)
-    assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
+    results = two_ranks_without_job_id(RANK0_ONLY, tmp_path)
     assert re.fullmatch(r"[a-z0-9]{8}", json.loads(results[0][1].strip().splitlines()[-1])["id"])
